@@ -1,0 +1,180 @@
+"""statehub settings: the only module that reads the environment."""
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+SECRET_KEY = env.str("SECRET_KEY", default="statehub-dev-insecure-set-SECRET_KEY-in-production")
+DEBUG = env.bool("DEBUG", default=False)
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "channels",
+    "state",
+    "sessions_tracking",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# Database. The embedded default is a SQLite file tuned for many concurrent writers:
+# WAL lets readers proceed during a write, IMMEDIATE transactions take the write lock
+# up front (so two writers never deadlock upgrading a read lock), and the busy timeout
+# makes a writer wait its turn instead of failing.
+DATABASES = {
+    "default": env.db_url("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
+}
+_db = DATABASES["default"]
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    _db["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": env.int("SQLITE_BUSY_TIMEOUT_SECS", default=30),
+    }
+    _db["TEST"] = {"NAME": env.str("SQLITE_TEST_NAME", default=str(BASE_DIR / "test.sqlite3"))}
+elif _db["ENGINE"] == "django.db.backends.postgresql":
+    # Under ASGI every request runs in a fresh thread, so without a pool Django would
+    # open a new PostgreSQL connection per request.
+    _db.setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=2),
+        "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=40),
+        "timeout": env.float("DATABASE_POOL_TIMEOUT_SECS", default=10.0),
+    }
+    _db["CONN_MAX_AGE"] = 0
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Channel layer: in memory for the single-process default; Redis when REDIS_URL is set
+# so every server process hears every change.
+REDIS_URL = env.str("REDIS_URL", default="")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+MEDIA_ROOT = env.path("MEDIA_ROOT", default=BASE_DIR / "var" / "media")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+    "snapshots": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": env.path("STATE_SNAPSHOT_DIR", default=BASE_DIR / "var" / "snapshots")},
+    },
+}
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "state.api.authentication.BearerTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["state.api.parsers.BoundedJSONParser"],
+    "EXCEPTION_HANDLER": "state.api.errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "statehub API",
+    "DESCRIPTION": "Centralized JSON state: versions, compare-and-swap, TTLs, audit trail.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# statehub's own settings.
+STATE_MAX_VALUE_BYTES = env.int("STATE_MAX_VALUE_BYTES", default=1024 * 1024)
+STATE_MAX_VALUE_DEPTH = env.int("STATE_MAX_VALUE_DEPTH", default=100)
+STATE_MAX_REQUEST_BYTES = env.int("STATE_MAX_REQUEST_BYTES", default=32 * 1024 * 1024)
+STATE_MAX_METADATA_ENTRIES = env.int("STATE_MAX_METADATA_ENTRIES", default=64)
+STATE_MAX_METADATA_KEY_LENGTH = env.int("STATE_MAX_METADATA_KEY_LENGTH", default=128)
+STATE_MAX_METADATA_VALUE_LENGTH = env.int("STATE_MAX_METADATA_VALUE_LENGTH", default=1024)
+STATE_MAX_SOURCE_LENGTH = env.int("STATE_MAX_SOURCE_LENGTH", default=128)
+STATE_MAX_TTL_SECS = env.int("STATE_MAX_TTL_SECS", default=10 * 365 * 24 * 3600)
+STATE_MAX_BULK_OPERATIONS = env.int("STATE_MAX_BULK_OPERATIONS", default=1000)
+STATE_MAX_MGET_KEYS = env.int("STATE_MAX_MGET_KEYS", default=1000)
+STATE_LIST_DEFAULT_LIMIT = env.int("STATE_LIST_DEFAULT_LIMIT", default=1000)
+STATE_LIST_MAX_LIMIT = env.int("STATE_LIST_MAX_LIMIT", default=10000)
+STATE_HOT_KEYS = env.int("STATE_HOT_KEYS", default=10)
+STATE_HOT_KEYS_WINDOW = env.int("STATE_HOT_KEYS_WINDOW", default=1000)
+STATE_PUBLIC_PREFIXES = env.list("STATE_PUBLIC_PREFIXES", default=["global:", "market:", "feature_flag:"])
+STATE_USER_NAMESPACES = env.list("STATE_USER_NAMESPACES", default=["user", "session"])
+STATE_BROADCAST_CHANGES = env.bool("STATE_BROADCAST_CHANGES", default=True)
+STATE_PROGRESS_INTERVAL_SECS = env.float("STATE_PROGRESS_INTERVAL_SECS", default=10.0)
+STATE_SNAPSHOT_INTERVAL_SECS = env.int("STATE_SNAPSHOT_INTERVAL_SECS", default=300)
+STATE_MAX_SNAPSHOTS = env.int("STATE_MAX_SNAPSHOTS", default=100)
+STATE_PERSISTENCE_ENABLED = env.bool("STATE_PERSISTENCE_ENABLED", default=True)
+STATE_EVENT_RETENTION_COUNT = env.int("STATE_EVENT_RETENTION_COUNT", default=1_000_000)
+STATE_EVENT_RETENTION_SECS = env.int("STATE_EVENT_RETENTION_SECS", default=7 * 24 * 3600)
+STATE_REQUEST_TTL_SECS = env.int("STATE_REQUEST_TTL_SECS", default=300)
+STATE_SESSION_TTL_SECS = env.int("STATE_SESSION_TTL_SECS", default=3600)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+}

@@ -1,0 +1,136 @@
+"""Shapes of the API's requests and responses. Rules live in `state.services`, not here."""
+
+from drf_spectacular.utils import inline_serializer
+from rest_framework import serializers
+
+from state.models import StateEvent
+
+
+def _text(**kwargs) -> serializers.CharField:
+    return serializers.CharField(allow_blank=True, trim_whitespace=False, **kwargs)
+
+
+class _Value(serializers.JSONField):
+    """Any JSON value. Null passes here so that the service can say why it is refused."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("allow_null", True)
+        super().__init__(**kwargs)
+
+
+# --- requests -----------------------------------------------------------------------------
+
+
+class ReadQuery(serializers.Serializer):
+    include_metadata = serializers.BooleanField(required=False, default=False)
+
+
+class SetInput(serializers.Serializer):
+    value = _Value()
+    metadata = serializers.DictField(child=_text(), required=False)
+    ttl = serializers.IntegerField(required=False, allow_null=True)
+    expected_version = serializers.IntegerField(required=False, allow_null=True)
+    source = _text(required=False)
+    key = _text(required=False)
+
+
+class DeleteQuery(serializers.Serializer):
+    expected_version = serializers.IntegerField(required=False)
+
+
+class MetadataInput(serializers.Serializer):
+    metadata = serializers.DictField(child=_text())
+    source = _text(required=False)
+
+
+class PageQuery(serializers.Serializer):
+    prefix = _text(required=False, default="")
+    limit = serializers.IntegerField(required=False)
+    cursor = _text(required=False)
+
+
+class MgetInput(serializers.Serializer):
+    keys = serializers.ListField(child=_text(), allow_empty=False)
+
+
+class CasInput(serializers.Serializer):
+    key = _text()
+    expected = _Value(required=False)
+    expected_version = serializers.IntegerField(required=False, allow_null=True)
+    new_value = _Value()
+    ttl = serializers.IntegerField(required=False, allow_null=True)
+    source = _text(required=False)
+
+
+class IncrInput(serializers.Serializer):
+    key = _text()
+    by = serializers.IntegerField(required=False, default=1)
+    ttl = serializers.IntegerField(required=False, allow_null=True)
+    source = _text(required=False)
+
+
+class BulkOperationInput(serializers.Serializer):
+    op = serializers.ChoiceField(choices=["set", "delete", "cas"])
+    key = _text()
+    value = _Value(required=False)
+    metadata = serializers.DictField(child=_text(), required=False)
+    ttl = serializers.IntegerField(required=False, allow_null=True)
+    expected_version = serializers.IntegerField(required=False, allow_null=True)
+    expected = _Value(required=False)
+    new_value = _Value(required=False)
+
+
+class BulkInput(serializers.Serializer):
+    operations = BulkOperationInput(many=True, allow_empty=False)
+    atomic = serializers.BooleanField(required=False, default=True)
+    source = _text(required=False)
+
+
+# --- responses ----------------------------------------------------------------------------
+
+
+class EntrySerializer(serializers.Serializer):
+    key = serializers.CharField()
+    value = serializers.JSONField()
+    version = serializers.IntegerField()
+    revision = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField(allow_null=True)
+    source = serializers.CharField()
+    metadata = serializers.DictField(child=serializers.CharField(), required=False)
+
+    def __init__(self, *args, include_metadata: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not include_metadata:
+            self.fields.pop("metadata")
+
+
+class EventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = StateEvent
+        fields = [
+            "revision", "key", "op", "old_value", "new_value", "version", "source", "actor",
+            "timestamp",
+        ]  # fmt: skip
+
+
+def enveloped(name: str, data) -> serializers.Serializer:
+    """Describe a success envelope around `data` for the OpenAPI schema."""
+    return inline_serializer(name, {"success": serializers.BooleanField(default=True), "data": data})
+
+
+ERROR_ENVELOPE = inline_serializer(
+    "Error",
+    {
+        "success": serializers.BooleanField(default=False),
+        "error": inline_serializer(
+            "ErrorBody",
+            {
+                "code": serializers.CharField(),
+                "message": serializers.CharField(),
+                "details": serializers.DictField(),
+            },
+        ),
+    },
+)

@@ -1,0 +1,350 @@
+"""The REST API: each action parses, checks access, calls one service or selector, renders."""
+
+from typing import Any
+
+from django.conf import settings
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from state import access, selectors, services
+from state.exceptions import NotFound, PermissionDenied, StateError, ValidationFailed
+
+from . import serializers as s
+from .errors import error_body
+
+ERRORS = {code: s.ERROR_ENVELOPE for code in (400, 401, 403, 404, 409, 413)}
+ENTRY = s.enveloped("EntryResponse", s.EntrySerializer(include_metadata=True))
+
+
+def ok(data: Any, *, status_code: int = status.HTTP_200_OK, **kwargs) -> Response:
+    return Response({"success": True, "data": data}, status=status_code, **kwargs)
+
+
+def parse(serializer_class: type[serializers.Serializer], data: Any) -> dict[str, Any]:
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+def actor(request: Request) -> str:
+    return request.user.get_username()
+
+
+def require_read(request: Request, key: str) -> str:
+    services.validate_key(key)
+    if not access.can_read(request.user, key):
+        raise PermissionDenied(f"You may not read '{key}'.", key=key)
+    return key
+
+
+def require_write(request: Request, key: Any) -> None:
+    services.validate_key(key)
+    if not access.can_write(request.user, key):
+        raise PermissionDenied(f"You may not write '{key}'.", key=key)
+
+
+def require_staff(request: Request) -> None:
+    if not request.user.is_staff:
+        raise PermissionDenied("Only staff may do this.")
+
+
+def etag(entry) -> str:
+    return f'"{entry.version}"'
+
+
+def if_match_version(request: Request) -> int | None:
+    """Read an `If-Match: "<version>"` precondition, if any."""
+    header = request.headers.get("If-Match")
+    if header is None:
+        return None
+    text = header.strip().removeprefix("W/").strip('"')
+    if not text.isdigit():
+        raise ValidationFailed('If-Match must be a version ETag such as "3".', field="If-Match")
+    return int(text)
+
+
+def entry_data(entry, *, include_metadata: bool = False) -> dict[str, Any]:
+    return s.EntrySerializer(entry, include_metadata=include_metadata).data
+
+
+KEY_PARAM = OpenApiParameter("key", str, OpenApiParameter.PATH, description="The state key.")
+
+
+class StateViewSet(viewsets.ViewSet):
+    """Keys, values, versions and the operations on them."""
+
+    lookup_field = "key"
+    lookup_value_regex = "[^/]+"
+
+    @extend_schema(parameters=[KEY_PARAM, s.ReadQuery], responses={200: ENTRY, 304: None, **ERRORS})
+    def retrieve(self, request: Request, key: str) -> Response:
+        query = parse(s.ReadQuery, request.query_params)
+        require_read(request, key)
+        entry = selectors.entry_get(key=key)
+        if entry is None:
+            raise NotFound(f"Key '{key}' does not exist.", key=key)
+        tag = etag(entry)
+        if request.headers.get("If-None-Match") == tag:
+            return Response(status=status.HTTP_304_NOT_MODIFIED, headers={"ETag": tag})
+        data = entry_data(entry, include_metadata=query["include_metadata"])
+        return ok(data, headers={"ETag": tag})
+
+    @extend_schema(
+        parameters=[KEY_PARAM], request=s.SetInput, responses={200: ENTRY, 201: ENTRY, **ERRORS}
+    )
+    def update(self, request: Request, key: str) -> Response:
+        body = parse(s.SetInput, request.data)
+        require_write(request, key)
+        if "key" in body and body["key"] != key:
+            raise ValidationFailed("The body's key differs from the key in the path.", field="key")
+        expected = body.get("expected_version")
+        if expected is None:
+            expected = if_match_version(request)
+        entry, created = services.state_set(
+            key=key,
+            value=body["value"],
+            metadata=body.get("metadata"),
+            ttl=body.get("ttl"),
+            expected_version=expected,
+            source=body.get("source", "api"),
+            actor=actor(request),
+        )
+        return ok(
+            entry_data(entry, include_metadata=True),
+            status_code=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+            headers={"ETag": etag(entry)},
+        )
+
+    @extend_schema(
+        parameters=[KEY_PARAM, s.DeleteQuery],
+        responses={
+            200: s.enveloped(
+                "Deleted", inline_serializer("DeletedData", {"key": serializers.CharField(),
+                                                            "deleted": serializers.BooleanField()})
+            ),
+            **ERRORS,
+        },
+    )  # fmt: skip
+    def destroy(self, request: Request, key: str) -> Response:
+        query = parse(s.DeleteQuery, request.query_params)
+        require_write(request, key)
+        expected = query.get("expected_version")
+        if expected is None:
+            expected = if_match_version(request)
+        services.state_delete(
+            key=key, expected_version=expected, source="api", actor=actor(request)
+        )
+        return ok({"key": key, "deleted": True})
+
+    @extend_schema(
+        methods=["GET"],
+        parameters=[KEY_PARAM],
+        responses={200: s.enveloped("Metadata", serializers.DictField()), **ERRORS},
+    )
+    @extend_schema(
+        methods=["PUT"],
+        parameters=[KEY_PARAM],
+        request=s.MetadataInput,
+        responses={200: s.enveloped("MetadataSet", serializers.DictField()), **ERRORS},
+    )
+    @action(detail=True, methods=["get", "put"])
+    def metadata(self, request: Request, key: str) -> Response:
+        if request.method == "GET":
+            require_read(request, key)
+            entry = selectors.entry_get(key=key)
+            if entry is None:
+                raise NotFound(f"Key '{key}' does not exist.", key=key)
+            return ok(entry.metadata)
+        body = parse(s.MetadataInput, request.data)
+        require_write(request, key)
+        entry = services.state_set_metadata(
+            key=key, metadata=body["metadata"], source=body.get("source", "api"),
+            actor=actor(request),
+        )  # fmt: skip
+        return ok(entry.metadata)
+
+    @extend_schema(
+        parameters=[KEY_PARAM, s.PageQuery],
+        responses={
+            200: s.enveloped("History", inline_serializer("HistoryPage", {
+                "events": s.EventSerializer(many=True), "total": serializers.IntegerField(),
+                "next_cursor": serializers.CharField(allow_null=True)})),
+            **ERRORS,
+        },
+    )  # fmt: skip
+    @action(detail=True, methods=["get"])
+    def history(self, request: Request, key: str) -> Response:
+        require_staff(request)
+        services.validate_key(key)
+        query = parse(s.PageQuery, request.query_params)
+        page = selectors.key_history(key=key, limit=query.get("limit"), cursor=query.get("cursor"))
+        return ok(
+            {
+                "events": s.EventSerializer(page.items, many=True).data,
+                "total": page.total,
+                "next_cursor": page.next_cursor,
+            }
+        )
+
+    @extend_schema(
+        parameters=[s.PageQuery],
+        responses={
+            200: s.enveloped("Keys", inline_serializer("KeysPage", {
+                "keys": serializers.ListField(child=serializers.CharField()),
+                "total": serializers.IntegerField(),
+                "next_cursor": serializers.CharField(allow_null=True)})),
+            **ERRORS,
+        },
+    )  # fmt: skip
+    @action(detail=False, methods=["get"])
+    def keys(self, request: Request) -> Response:
+        query = parse(s.PageQuery, request.query_params)
+        page = selectors.keys_list(
+            prefix=query["prefix"],
+            readable=access.readable_filter(request.user),
+            limit=query.get("limit"),
+            cursor=query.get("cursor"),
+        )
+        return ok({"keys": page.items, "total": page.total, "next_cursor": page.next_cursor})
+
+    @extend_schema(
+        parameters=[s.PageQuery, s.ReadQuery],
+        responses={
+            200: s.enveloped("Entries", inline_serializer("EntriesPage", {
+                "entries": s.EntrySerializer(many=True), "total": serializers.IntegerField(),
+                "next_cursor": serializers.CharField(allow_null=True),
+                "revision": serializers.IntegerField()})),
+            **ERRORS,
+        },
+    )  # fmt: skip
+    @action(detail=False, methods=["get"])
+    def entries(self, request: Request) -> Response:
+        query = parse(s.PageQuery, request.query_params)
+        include_metadata = parse(s.ReadQuery, request.query_params)["include_metadata"]
+        page, revision = selectors.entries_list(
+            prefix=query["prefix"],
+            readable=access.readable_filter(request.user),
+            limit=query.get("limit"),
+            cursor=query.get("cursor"),
+        )
+        entries = s.EntrySerializer(page.items, many=True, include_metadata=include_metadata).data
+        return ok(
+            {
+                "entries": entries,
+                "total": page.total,
+                "next_cursor": page.next_cursor,
+                "revision": revision,
+            }
+        )
+
+    @extend_schema(
+        request=s.MgetInput,
+        responses={
+            200: s.enveloped("Mget", inline_serializer("MgetData", {
+                "entries": serializers.DictField(child=s.EntrySerializer(allow_null=True))})),
+            **ERRORS,
+        },
+    )  # fmt: skip
+    @action(detail=False, methods=["post"])
+    def mget(self, request: Request) -> Response:
+        keys = parse(s.MgetInput, request.data)["keys"]
+        if len(keys) > settings.STATE_MAX_MGET_KEYS:
+            raise ValidationFailed(
+                f"At most {settings.STATE_MAX_MGET_KEYS} keys per request.", field="keys"
+            )
+        for key in keys:
+            require_read(request, key)
+        found = selectors.entries_get_many(keys=keys)
+        return ok(
+            {"entries": {key: entry_data(e) if e else None for key, e in found.items()}}
+        )
+
+    @extend_schema(
+        request=s.CasInput,
+        responses={
+            200: s.enveloped("Cas", inline_serializer("CasData", {
+                "swapped": serializers.BooleanField(), "version": serializers.IntegerField()})),
+            **ERRORS,
+        },
+    )  # fmt: skip
+    @action(detail=False, methods=["post"])
+    def cas(self, request: Request) -> Response:
+        body = parse(s.CasInput, request.data)
+        require_write(request, body["key"])
+        result = services.state_cas(
+            key=body["key"],
+            expected=body.get("expected", services.MISSING),
+            expected_version=body.get("expected_version"),
+            new_value=body["new_value"],
+            ttl=body.get("ttl"),
+            source=body.get("source", "api"),
+            actor=actor(request),
+        )
+        return ok({"swapped": result.swapped, "version": result.version})
+
+    @extend_schema(
+        request=s.IncrInput,
+        responses={
+            200: s.enveloped("Incr", inline_serializer("IncrData", {
+                "value": serializers.IntegerField(), "version": serializers.IntegerField()})),
+            **ERRORS,
+        },
+    )  # fmt: skip
+    @action(detail=False, methods=["post"])
+    def incr(self, request: Request) -> Response:
+        body = parse(s.IncrInput, request.data)
+        require_write(request, body["key"])
+        entry = services.state_incr(
+            key=body["key"],
+            by=body["by"],
+            ttl=body.get("ttl"),
+            source=body.get("source", "api"),
+            actor=actor(request),
+        )
+        return ok({"value": entry.value, "version": entry.version})
+
+    @extend_schema(
+        request=s.BulkInput,
+        responses={
+            200: s.enveloped("Bulk", inline_serializer("BulkData", {
+                "atomic": serializers.BooleanField(),
+                "results": serializers.ListField(child=serializers.DictField())})),
+            **ERRORS,
+        },
+    )  # fmt: skip
+    @action(detail=False, methods=["post"])
+    def bulk(self, request: Request) -> Response:
+        body = parse(s.BulkInput, request.data)
+        operations = [dict(operation) for operation in body["operations"]]
+        for index, operation in enumerate(operations):
+            try:
+                require_write(request, operation["key"])
+            except StateError as exc:
+                exc.details["index"] = index
+                raise
+        results = services.state_bulk(
+            operations=operations,
+            atomic=body["atomic"],
+            source=body.get("source", "api"),
+            actor=actor(request),
+        )
+        return ok({"atomic": body["atomic"], "results": [_bulk_result(r) for r in results]})
+
+    @extend_schema(responses={200: s.enveloped("Stats", serializers.DictField()), **ERRORS})
+    @action(detail=False, methods=["get"])
+    def stats(self, request: Request) -> Response:
+        return ok(selectors.store_stats(readable=access.readable_filter(request.user)))
+
+
+def _bulk_result(result: services.BulkResult) -> dict[str, Any]:
+    data: dict[str, Any] = {"index": result.index, "op": result.op, "key": result.key}
+    if result.error is None:
+        data.update(ok=True, version=result.version)
+    else:
+        error = result.error
+        data.update(ok=False, **error_body(error.code, error.message, error.details))
+        data.pop("success")
+    return data

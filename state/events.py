@@ -1,0 +1,69 @@
+"""Change events: what the write path publishes after commit.
+
+`publish()` only registers an on-commit callback; `broadcast()` is the only code that talks
+to the channel layer. The channel layer is a doorbell: the event log in the database is the
+truth, so a lost or late message is repaired by whoever reads the log.
+"""
+
+from dataclasses import asdict, dataclass
+from functools import partial
+from typing import Any, Literal
+
+from django.conf import settings
+from django.db import transaction
+
+# The one group every server process listens on for news of changes.
+CHANGES_GROUP = "state.changes"
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    op: Literal["set", "delete", "expire", "metadata"]
+    key: str
+    old_value: Any
+    new_value: Any
+    version: int
+    revision: int
+    timestamp: float
+    source: str
+
+    def as_message(self) -> dict[str, Any]:
+        """Return the WebSocket `state_change` message for this change."""
+        return {"type": "state_change", "data": asdict(self)}
+
+
+@dataclass(frozen=True, slots=True)
+class StateReset:
+    snapshot_id: int | None
+    revision: int
+    op: Literal["restore"] = "restore"
+
+    def as_message(self) -> dict[str, Any]:
+        """Return the WebSocket `state_reset` message for this restore."""
+        return {
+            "type": "state_reset",
+            "data": {"snapshot_id": self.snapshot_id, "revision": self.revision},
+        }
+
+
+Event = StateChange | StateReset
+
+
+def publish(event: Event) -> None:
+    """Broadcast `event` once the current transaction commits (never before)."""
+    if settings.STATE_BROADCAST_CHANGES:
+        # robust: a broadcast failure is logged, never turned into a failed write.
+        transaction.on_commit(partial(broadcast, event), robust=True)
+
+
+def broadcast(event: Event) -> None:
+    """Ring the doorbell: tell every server process that the store moved to `event.revision`."""
+    from asgiref.sync import async_to_sync
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    async_to_sync(layer.group_send)(
+        CHANGES_GROUP, {"type": "state.revision", "revision": event.revision}
+    )

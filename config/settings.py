@@ -74,7 +74,8 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "timeout": env.int("SQLITE_BUSY_TIMEOUT_SECS", default=30),
     }
-    _db["TEST"] = {"NAME": env.str("SQLITE_TEST_NAME", default=str(BASE_DIR / "test.sqlite3"))}
+    if sqlite_test_name := env.str("SQLITE_TEST_NAME", default=""):
+        _db["TEST"] = {"NAME": sqlite_test_name}
 elif _db["ENGINE"] == "django.db.backends.postgresql":
     # Under ASGI every request runs in a fresh thread, so without a pool Django would
     # open a new PostgreSQL connection per request.

@@ -90,11 +90,19 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Channel layer: in memory for the single-process default; Redis when REDIS_URL is set
 # so every server process hears every change.
+# The layer only rings a doorbell per change (the event log is the truth), so Redis pub/sub
+# suits it: one PUBLISH per write, no per-channel lists, and nothing to expire. "groups" picks
+# channels-redis's list-based RedisChannelLayer instead (measured in bench/fanout.py).
 REDIS_URL = env.str("REDIS_URL", default="")
+STATE_STREAM_REDIS_LAYER = env.str("STATE_STREAM_REDIS_LAYER", default="pubsub")
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "BACKEND": (
+                "channels_redis.core.RedisChannelLayer"
+                if STATE_STREAM_REDIS_LAYER == "groups"
+                else "channels_redis.pubsub.RedisPubSubChannelLayer"
+            ),
             "CONFIG": {"hosts": [REDIS_URL]},
         }
     }
@@ -165,6 +173,17 @@ STATE_PUBLIC_PREFIXES = env.list("STATE_PUBLIC_PREFIXES", default=["global:", "m
 STATE_USER_NAMESPACES = env.list("STATE_USER_NAMESPACES", default=["user", "session"])
 STATE_BROADCAST_CHANGES = env.bool("STATE_BROADCAST_CHANGES", default=True)
 STATE_PROGRESS_INTERVAL_SECS = env.float("STATE_PROGRESS_INTERVAL_SECS", default=10.0)
+# Event stream: each server process follows the event log on a doorbell or this often
+# (how the embedded default sees writes made by other processes).
+STATE_STREAM_POLL_INTERVAL_SECS = env.float("STATE_STREAM_POLL_INTERVAL_SECS", default=1.0)
+# Messages a connection may have waiting; a subscriber further behind is cut off (4008).
+STATE_STREAM_QUEUE_SIZE = env.int("STATE_STREAM_QUEUE_SIZE", default=1000)
+# Log rows read per query, live or when a connection replays from since_revision.
+STATE_STREAM_BATCH_SIZE = env.int("STATE_STREAM_BATCH_SIZE", default=500)
+# Subscribed by default besides the caller's own keys (the seed's propagation rules).
+STATE_STREAM_DEFAULT_PREFIXES = env.list(
+    "STATE_STREAM_DEFAULT_PREFIXES", default=["global:", "market:"]
+)
 STATE_SNAPSHOT_INTERVAL_SECS = env.int("STATE_SNAPSHOT_INTERVAL_SECS", default=300)
 STATE_MAX_SNAPSHOTS = env.int("STATE_MAX_SNAPSHOTS", default=100)
 STATE_PERSISTENCE_ENABLED = env.bool("STATE_PERSISTENCE_ENABLED", default=True)
@@ -172,6 +191,11 @@ STATE_EVENT_RETENTION_COUNT = env.int("STATE_EVENT_RETENTION_COUNT", default=1_0
 STATE_EVENT_RETENTION_SECS = env.int("STATE_EVENT_RETENTION_SECS", default=7 * 24 * 3600)
 STATE_REQUEST_TTL_SECS = env.int("STATE_REQUEST_TTL_SECS", default=300)
 STATE_SESSION_TTL_SECS = env.int("STATE_SESSION_TTL_SECS", default=3600)
+# Threads per server process running Django's sync request handling (config/http.py).
+# Writes queue on one lock anyway; a few threads let reads proceed meanwhile.
+STATE_HTTP_THREADS = env.int("STATE_HTTP_THREADS", default=8)
+# How long a process may reuse a token's user before looking it up again (revocation delay).
+STATE_TOKEN_CACHE_SECS = env.float("STATE_TOKEN_CACHE_SECS", default=2.0)
 
 LOGGING = {
     "version": 1,

@@ -7,13 +7,17 @@ truth, so a lost or late message is repaired by whoever reads the log.
 
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from django.conf import settings
 from django.db import transaction
 
+if TYPE_CHECKING:
+    from .models import StateEvent
+
 # The one group every server process listens on for news of changes.
 CHANGES_GROUP = "state.changes"
+DOORBELL_TYPE = "state.revision"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,13 +61,41 @@ def publish(event: Event) -> None:
 
 
 def broadcast(event: Event) -> None:
-    """Ring the doorbell: tell every server process that the store moved to `event.revision`."""
+    """Ring the doorbell: tell every server process that the store moved to `event.revision`.
+
+    The message is tiny on purpose: listeners read the change itself from the event log, so
+    the channel layer never carries values and a lost or reordered message costs nothing.
+    """
+    import asyncio
+
     from asgiref.sync import async_to_sync
     from channels.layers import get_channel_layer
 
     layer = get_channel_layer()
     if layer is None:
         return
-    async_to_sync(layer.group_send)(
-        CHANGES_GROUP, {"type": "state.revision", "revision": event.revision}
+    message = {"type": DOORBELL_TYPE, "revision": event.revision}
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        async_to_sync(layer.group_send)(CHANGES_GROUP, message)
+    else:
+        # Committed from code running on an event loop: async_to_sync is not allowed here.
+        loop.create_task(layer.group_send(CHANGES_GROUP, message))
+
+
+def event_from_row(row: "StateEvent") -> Event:
+    """Return the event a log row records (a restore row becomes one StateReset)."""
+    if row.op == "restore":
+        snapshot_id = (row.new_value or {}).get("snapshot_id")
+        return StateReset(snapshot_id=snapshot_id, revision=row.revision)
+    return StateChange(
+        op=row.op,  # type: ignore[arg-type]
+        key=row.key,
+        old_value=row.old_value,
+        new_value=row.new_value,
+        version=row.version,
+        revision=row.revision,
+        timestamp=row.timestamp.timestamp(),
+        source=row.source,
     )

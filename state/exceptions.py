@@ -56,3 +56,7 @@ class PermissionDenied(StateError):
 class Unavailable(StateError):
     code = "unavailable"
     status = 503
+
+
+class InvalidSnapshot(ValidationFailed):
+    """A snapshot file that is corrupt, truncated, foreign or of a future format version."""

@@ -101,3 +101,59 @@ class AccessRule(models.Model):
 
     def __str__(self) -> str:
         return f"{self.group} may {self.access} {self.prefix}*"
+
+
+# --- snapshots and the worker (issue 4) ---------------------------------------------------
+
+
+def snapshot_storage():
+    """Return the storage snapshot files live in (STORAGES["snapshots"]; S3 is configuration)."""
+    from django.core.files.storage import storages
+
+    return storages["snapshots"]
+
+
+class Snapshot(models.Model):
+    """A stored snapshot file of the whole store at one revision (format: state/snapshots.py)."""
+
+    label = models.CharField(max_length=128, blank=True, default="")
+    created_at = models.DateTimeField(db_index=True)
+    created_by = models.CharField(max_length=150, blank=True, default="")
+    revision = models.BigIntegerField()
+    key_count = models.PositiveBigIntegerField(default=0)
+    total_size = models.PositiveBigIntegerField(default=0)
+    compressed_size = models.PositiveBigIntegerField(default=0)
+    checksum = models.CharField(max_length=71, help_text="sha256:<hex> of the stored file.")
+    format_version = models.PositiveSmallIntegerField(default=1)
+    file = models.FileField(storage=snapshot_storage, max_length=255)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"snapshot {self.pk} at revision {self.revision}"
+
+
+class WorkerJob(models.Model):
+    """The schedule and lease of one periodic worker job, shared by every worker process.
+
+    A worker runs a job only after claiming it with one conditional UPDATE (due and not
+    leased), so two workers never run the same occurrence twice.
+    """
+
+    name = models.CharField(max_length=64, primary_key=True)
+    next_run_at = models.DateTimeField()
+    lease_owner = models.CharField(max_length=128, blank=True, default="")
+    lease_until = models.DateTimeField(null=True, blank=True)
+    last_started_at = models.DateTimeField(null=True, blank=True)
+    last_finished_at = models.DateTimeField(null=True, blank=True)
+    last_result = models.CharField(max_length=255, blank=True, default="")
+    last_error = models.TextField(blank=True, default="")
+    runs = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        verbose_name = "worker job"
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name

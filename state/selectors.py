@@ -169,3 +169,29 @@ def store_stats(*, readable: Q | None = None) -> dict:
         "event_log_size": StateEvent.objects.count(),
         "hot_keys": hot_keys,
     }
+
+
+# --- event stream -------------------------------------------------------------------------
+
+
+def events_after(
+    *, after: int, upto: int | None = None, prefixes: list[str] | None = None, limit: int
+) -> list[StateEvent]:
+    """Return up to `limit` log rows after revision `after` (through `upto`), oldest first.
+
+    With `prefixes`, only rows of keys under them, plus every restore (it concerns all keys).
+    """
+    rows = StateEvent.objects.filter(revision__gt=after).order_by("revision")
+    if upto is not None:
+        rows = rows.filter(revision__lte=upto)
+    if prefixes is not None:
+        wanted = Q(op=StateEvent.Op.RESTORE)
+        for prefix in prefixes:
+            wanted |= Q(key__startswith=prefix)
+        rows = rows.filter(wanted)
+    return list(rows[:limit])
+
+
+def event_log_oldest_revision() -> int | None:
+    """Return the oldest revision still in the event log, or None when the log is empty."""
+    return StateEvent.objects.order_by("revision").values_list("revision", flat=True).first()

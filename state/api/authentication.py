@@ -1,9 +1,33 @@
 """Token authentication accepting both `Authorization: Bearer <token>` and `Token <token>`."""
 
+import copy
+import time
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db.models.signals import post_delete, post_save
 from rest_framework import exceptions
 from rest_framework.authentication import TokenAuthentication, get_authorization_header
+from rest_framework.authtoken.models import Token
 
 KEYWORDS = (b"bearer", b"token")
+
+# token key -> (monotonic expiry, user, token). The token lookup (an ORM join) was the
+# largest single cost of a GET in the bench profile, so each process remembers a token's
+# user for STATE_TOKEN_CACHE_SECS. Revoking a token, deactivating a user or changing
+# is_staff therefore takes effect within that many seconds on other processes (and by
+# bulk .update(), which sends no signal); in this process a save or delete clears it.
+_token_cache: dict[str, tuple[float, object, Token]] = {}
+_TOKEN_CACHE_MAX = 10_000
+
+
+def _forget_tokens(**kwargs) -> None:
+    _token_cache.clear()
+
+
+post_delete.connect(_forget_tokens, sender=Token, dispatch_uid="state.token_cache.token")
+post_save.connect(_forget_tokens, sender=get_user_model(), dispatch_uid="state.token_cache.user")
+post_delete.connect(_forget_tokens, sender=get_user_model(), dispatch_uid="state.token_cache.del")
 
 
 class BearerTokenAuthentication(TokenAuthentication):
@@ -20,3 +44,16 @@ class BearerTokenAuthentication(TokenAuthentication):
         except UnicodeError as exc:
             raise exceptions.AuthenticationFailed("Invalid token header.") from exc
         return self.authenticate_credentials(token)
+
+    def authenticate_credentials(self, key):
+        now = time.monotonic()
+        cached = _token_cache.get(key)
+        if cached is None or cached[0] <= now:
+            user, token = super().authenticate_credentials(key)
+            if len(_token_cache) >= _TOKEN_CACHE_MAX:
+                _token_cache.clear()
+            cached = (now + settings.STATE_TOKEN_CACHE_SECS, user, token)
+            _token_cache[key] = cached
+        # A copy per request: per-request state (such as access.py's group rules) is
+        # cached on the user object and must not outlive the request.
+        return copy.copy(cached[1]), cached[2]

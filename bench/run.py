@@ -1,0 +1,375 @@
+#!/usr/bin/env python
+"""Load-test statehub with wrk against one real server process, next to two baselines.
+
+In one run, on one server process and one database, it measures:
+  plain       a plain Django view returning a constant JsonResponse (the framework's ceiling)
+  naive GET   a DRF RetrieveUpdateAPIView over a JSONField model, DRF and DB defaults
+  naive PUT   the same view, PUT
+  our GET / PUT / CAS / incr   the statehub API (/api/v1/state/...)
+and prints requests/s, p50 and p99, with our figures as ratios to both baselines.
+
+Examples:
+  .venv/bin/python bench/run.py                       # PostgreSQL, daphne, 32 connections
+  .venv/bin/python bench/run.py --db sqlite
+  .venv/bin/python bench/run.py --sqlite-writers      # SQLite, 32 concurrent PUT connections
+  .venv/bin/python bench/run.py --compare-servers     # daphne/uvicorn/granian x 1,2,4 processes
+"""
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+LUA = ROOT / "bench" / "wrk" / "bench.lua"
+PORTS = range(18200, 18300)
+PG_URL = "postgres://postgres@127.0.0.1:5432"
+PG_DB = "statehub_bench"
+REDIS_URL = "redis://127.0.0.1:6379/2"
+KEYS = 100
+
+# name, wrk mode, path (a key is appended for get/put), sends our token
+SCENARIOS = {
+    "plain": ("get", "/bench/plain?", False),
+    "naive GET": ("get", "/bench/naive/", False),
+    "naive PUT": ("naive_put", "/bench/naive/", False),
+    "our GET": ("get", "/api/v1/state/", True),
+    "our PUT": ("put", "/api/v1/state/", True),
+    "our CAS": ("cas", "/api/v1/state/cas", True),
+    "our incr": ("incr", "/api/v1/state/incr", True),
+}
+
+
+@dataclass
+class Result:
+    name: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    non2xx: int
+    socket_errors: dict[str, int]
+    timeouts: int
+    ok: int | None = None
+    fail: int | None = None
+    raw: str = ""
+
+
+# --- database -------------------------------------------------------------------------------
+
+
+def prepare_database(db: str, workdir: Path) -> str:
+    """Create a fresh, migrated bench database and return its DATABASE_URL."""
+    if db == "pg":
+        import psycopg
+
+        with psycopg.connect(f"{PG_URL}/postgres", autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)")
+            conn.execute(f"CREATE DATABASE {PG_DB}")
+        url = f"{PG_URL}/{PG_DB}"
+    else:
+        url = f"sqlite:///{workdir / 'bench.sqlite3'}"
+    env = server_env(url, redis=False)
+    manage = [sys.executable, str(ROOT / "manage.py"), "migrate", "-v0"]
+    subprocess.run(manage, env=env, check=True, cwd=ROOT)
+    return url
+
+
+def seed(url: str, connections: int) -> str:
+    """Create the staff user, token and keys; return the token."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.seed", str(KEYS), str(connections)],
+        env=server_env(url, redis=False),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode:
+        raise SystemExit(f"seeding failed:\n{out.stderr}")
+    return out.stdout.strip().splitlines()[-1]
+
+
+def server_env(url: str, *, redis: bool) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(DJANGO_SETTINGS_MODULE="bench.settings", DATABASE_URL=url, PYTHONPATH=str(ROOT))
+    env.pop("REDIS_URL", None)
+    if redis:
+        env["REDIS_URL"] = REDIS_URL
+    return env
+
+
+# --- server ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    for port in PORTS:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise SystemExit("no free port in 18200-18299")
+
+
+class Server:
+    """One server (daphne, uvicorn or granian, N processes) started and stopped by PID."""
+
+    def __init__(self, *, kind: str, workers: int, app: str, env: dict[str, str]) -> None:
+        self.kind, self.workers, self.app, self.env = kind, workers, app, env
+        self.port = free_port()
+        self.procs: list[subprocess.Popen] = []
+        self.log = tempfile.TemporaryFile()
+
+    def start(self) -> None:
+        common = {"env": self.env, "cwd": ROOT, "stdout": self.log, "stderr": self.log}
+        if self.kind == "daphne" and self.workers == 1:
+            cmd = [str(VENV_BIN / "daphne"), "-b", "127.0.0.1", "-p", str(self.port), self.app]
+            self.procs.append(subprocess.Popen(cmd, **common))
+        elif self.kind == "daphne":
+            # Daphne has no worker mode: bind the socket here and let N daphne processes
+            # accept on the one inherited descriptor.
+            listener = socket.socket()
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("127.0.0.1", self.port))
+            listener.listen(1024)
+            fd = listener.fileno()
+            for _ in range(self.workers):
+                cmd = [str(VENV_BIN / "daphne"), "--fd", str(fd), self.app]
+                self.procs.append(subprocess.Popen(cmd, pass_fds=[fd], **common))
+            listener.close()
+        elif self.kind == "uvicorn":
+            cmd = [
+                str(VENV_BIN / "uvicorn"), self.app, "--host", "127.0.0.1", "--port",
+                str(self.port), "--workers", str(self.workers), "--no-access-log",
+                "--log-level", "warning", "--lifespan", "off",
+            ]  # fmt: skip
+            self.procs.append(subprocess.Popen(cmd, **common))
+        elif self.kind == "granian":
+            cmd = [
+                str(VENV_BIN / "granian"), "--interface", "asgi", "--host", "127.0.0.1",
+                "--port", str(self.port), "--workers", str(self.workers), "--no-ws",
+                "--log-level", "warning", self.app,
+            ]  # fmt: skip
+            self.procs.append(subprocess.Popen(cmd, **common))
+        else:
+            raise SystemExit(f"unknown server {self.kind}")
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if any(proc.poll() is not None for proc in self.procs):
+                break
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        self.log.seek(0)
+        raise SystemExit(f"{self.kind} did not start:\n{self.log.read().decode(errors='replace')}")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def pids(self) -> list[int]:
+        return [proc.pid for proc in self.procs]
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+# --- wrk ------------------------------------------------------------------------------------
+
+
+def run_wrk(
+    name: str, *, server: Server, token: str, connections: int, duration: float, timeout: float
+) -> Result:
+    mode, path, auth = SCENARIOS[name]
+    env = dict(os.environ)
+    env.update(BENCH_MODE=mode, BENCH_PATH=path, BENCH_TOKEN=token if auth else "",
+               BENCH_KEYS=str(KEYS))  # fmt: skip
+    cmd = [
+        shutil.which("wrk") or "/usr/bin/wrk", "-t", str(connections), "-c", str(connections),
+        "-d", f"{duration}s", "--timeout", f"{timeout}s", "--latency", "-s", str(LUA), server.url,
+    ]  # fmt: skip
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    return parse_wrk(name, out)
+
+
+def parse_wrk(name: str, out: str) -> Result:
+    def number(pattern: str, default: str = "0") -> str:
+        match = re.search(pattern, out)
+        return match.group(1) if match else default
+
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    socket_errors = (
+        dict(zip(("connect", "read", "write", "timeout"), map(int, errors.groups()), strict=True))
+        if errors
+        else {}
+    )
+    counts = re.search(r"BENCH_COUNTS ok=(\d+) fail=(\d+)", out)
+    ok, fail = (int(counts.group(1)), int(counts.group(2))) if counts else (0, 0)
+    return Result(
+        name=name,
+        rps=float(number(r"Requests/sec:\s+([\d.]+)")),
+        p50_ms=int(number(r"BENCH_P50_US (\d+)")) / 1000,
+        p99_ms=int(number(r"BENCH_P99_US (\d+)")) / 1000,
+        requests=int(number(r"(\d+) requests in")),
+        non2xx=int(number(r"Non-2xx or 3xx responses: (\d+)")),
+        socket_errors=socket_errors,
+        timeouts=socket_errors.get("timeout", 0),
+        ok=ok if ok + fail else None,
+        fail=fail if ok + fail else None,
+        raw=out,
+    )
+
+
+# --- reporting ------------------------------------------------------------------------------
+
+
+def errors_text(result: Result) -> str:
+    socket_errors = sum(result.socket_errors.values())
+    text = f"{result.non2xx} non-2xx, {socket_errors} socket err"
+    if result.timeouts:
+        text += f" ({result.timeouts} timeouts)"
+    if result.ok is not None:
+        text += f"; {result.ok} ok / {result.fail} failed"
+    return text
+
+
+def table(results: dict[str, Result]) -> str:
+    plain = results.get("plain")
+    naive_get, naive_put = results.get("naive GET"), results.get("naive PUT")
+    baseline = {"our GET": naive_get, "our PUT": naive_put, "our CAS": naive_put,
+                "our incr": naive_put}  # fmt: skip
+    lines = [
+        f"{'scenario':<10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'x plain':>8} "
+        f"{'x naive':>8}  errors",
+    ]
+    for name, result in results.items():
+        vs_plain = f"{result.rps / plain.rps:.2f}" if plain and plain.rps else "-"
+        naive = baseline.get(name)
+        vs_naive = f"{result.rps / naive.rps:.2f}" if naive and naive.rps else "-"
+        lines.append(
+            f"{name:<10} {result.rps:>8.0f} {result.p50_ms:>8.1f} {result.p99_ms:>8.1f} "
+            f"{vs_plain:>8} {vs_naive:>8}  {errors_text(result)}"
+        )
+    lines.append("x naive: our GET vs naive GET; our PUT, CAS and incr vs naive PUT.")
+    return "\n".join(lines)
+
+
+# --- modes ----------------------------------------------------------------------------------
+
+
+def bench(args, scenarios: list[str], *, db: str, server_kind: str, workers: int,
+          workdir: Path) -> dict[str, Result]:  # fmt: skip
+    url = prepare_database(db, workdir)
+    token = seed(url, args.connections)
+    env = server_env(url, redis=args.redis and db == "pg")
+    server = Server(kind=server_kind, workers=workers, app=args.app, env=env)
+    server.start()
+    print(f"# {server_kind} x{workers} pid(s) {server.pids()} on {server.url}, db={db}, "
+          f"redis={'REDIS_URL' in env}, {args.connections} connections, {args.duration}s each",
+          flush=True)  # fmt: skip
+    results: dict[str, Result] = {}
+    try:
+        # Warm up: import everything, fill connection pools.
+        run_wrk("our GET", server=server, token=token, connections=args.connections,
+                duration=min(2, args.duration), timeout=args.timeout)  # fmt: skip
+        for name in scenarios:
+            results[name] = run_wrk(name, server=server, token=token,
+                                    connections=args.connections, duration=args.duration,
+                                    timeout=args.timeout)  # fmt: skip
+            if args.raw:
+                print(f"## {name}\n{results[name].raw}", flush=True)
+            else:
+                r = results[name]
+                print(f"  {name:<10} {r.rps:8.0f} req/s  p50 {r.p50_ms:7.1f} ms  "
+                      f"p99 {r.p99_ms:7.1f} ms  {errors_text(r)}", flush=True)  # fmt: skip
+    finally:
+        server.stop()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--db", choices=["pg", "sqlite"], default="pg",
+                        help="PostgreSQL (database statehub_bench, recreated) or a temp SQLite "
+                             "file (default: pg)")  # fmt: skip
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run (10)")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections (32)")
+    parser.add_argument("--server", choices=["daphne", "uvicorn", "granian"], default="daphne",
+                        help="ASGI server (daphne)")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=1, help="server processes (1)")
+    parser.add_argument("--app", default="config.asgi:application", help="ASGI application")
+    parser.add_argument("--timeout", type=int, default=2,
+                        help="wrk request timeout in seconds; slower counts as a timeout (2)")
+    parser.add_argument("--no-redis", dest="redis", action="store_false",
+                        help="on PostgreSQL, use the in-memory channel layer instead of Redis")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help="comma-separated subset of: " + ", ".join(SCENARIOS))
+    parser.add_argument("--sqlite-writers", action="store_true",
+                        help="SQLite, N concurrent PUT connections on our API (and naive PUT)")
+    parser.add_argument("--compare-servers", action="store_true",
+                        help="our GET and PUT on PostgreSQL under daphne, uvicorn and granian "
+                             "with 1, 2 and 4 processes")  # fmt: skip
+    parser.add_argument("--raw", action="store_true", help="print wrk's full output")
+    args = parser.parse_args()
+    scenarios = [name.strip() for name in args.scenarios.split(",") if name.strip()]
+    unknown = set(scenarios) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+
+    with tempfile.TemporaryDirectory(prefix="statehub-bench-") as tmp:
+        workdir = Path(tmp)
+        if args.sqlite_writers:
+            results = bench(args, ["our PUT", "naive PUT"], db="sqlite", server_kind=args.server,
+                            workers=args.workers, workdir=workdir)  # fmt: skip
+            print(f"\nSQLite, {args.connections} concurrent writers:")
+            for r in results.values():
+                print(f"  {r.name:<10} {r.rps:8.0f} req/s  p50 {r.p50_ms:.1f} ms  "
+                      f"p99 {r.p99_ms:.1f} ms  {errors_text(r)}")  # fmt: skip
+        elif args.compare_servers:
+            rows = []
+            for kind in ("daphne", "uvicorn", "granian"):
+                for workers in (1, 2, 4):
+                    results = bench(args, ["our GET", "our PUT"], db="pg", server_kind=kind,
+                                    workers=workers, workdir=workdir)  # fmt: skip
+                    rows.append((kind, workers, results))
+            print(f"\n{'server':<8} {'procs':>5} {'GET/s':>7} {'GET p99':>8} {'PUT/s':>7} "
+                  f"{'PUT p99':>8}")  # fmt: skip
+            for kind, workers, results in rows:
+                get, put = results["our GET"], results["our PUT"]
+                print(f"{kind:<8} {workers:>5} {get.rps:>7.0f} {get.p99_ms:>8.1f} "
+                      f"{put.rps:>7.0f} {put.p99_ms:>8.1f}")  # fmt: skip
+        else:
+            results = bench(args, scenarios, db=args.db, server_kind=args.server,
+                            workers=args.workers, workdir=workdir)  # fmt: skip
+            print()
+            print(table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""The HTTP side of the ASGI application: Django's handler, one thread hop per request.
+
+Why not `get_asgi_application()`: a profile of the stock handler under load (bench/) shows
+the view itself taking about a seventh of the CPU. The rest is asgiref plumbing: Django
+wraps every request in a `ThreadSensitiveContext`, so asgiref starts a new OS thread per
+request, and in async mode each sync middleware, signal and the view is its own hop
+between the event loop and that thread (WhiteNoise is sync-only, so the chain even
+switches async -> sync -> async). A fresh thread also means a fresh database connection.
+
+This handler reads the body on the event loop, then runs request_started, the middleware
+chain and the view in sync mode (as under WSGI) and request_finished, all in one hop to a
+fixed pool of long-lived threads, and sends the response from the loop. The semantics are
+Django's: the same middleware, signals and connection handling. The pool runs inside
+asgiref's SyncToAsync, so `async_to_sync` from a view (the channel-layer broadcast after
+commit) still runs on the server's event loop.
+"""
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import django
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core import signals
+from django.core.exceptions import RequestAborted
+from django.core.handlers import base
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.http import HttpResponseBase
+from django.urls import set_script_prefix
+
+
+class PooledASGIHandler(ASGIHandler):
+    """Serve HTTP with Django in sync mode on a fixed pool of threads."""
+
+    def __init__(self, *, threads: int) -> None:
+        base.BaseHandler.__init__(self)  # not ASGIHandler's: it loads the async chain
+        self.load_middleware(is_async=False)
+        self.threads = threads
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="http")
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        response = await self.in_pool(self.respond)(scope, body_file)
+        try:
+            await self.send_response(response, send)
+        finally:
+            if response.streaming:
+                await self.in_pool(response.close)()
+                body_file.close()
+
+    def in_pool(self, func):
+        return sync_to_async(func, thread_sensitive=False, executor=self.executor)
+
+    def respond(self, scope, body_file) -> HttpResponseBase:
+        """Run one request through Django in this (pool) thread and return the response."""
+        set_script_prefix(get_script_prefix(scope))
+        signals.request_started.send(sender=self.__class__, scope=scope)
+        request, response = self.create_request(scope, body_file)
+        if request is not None:
+            response = self.get_response(request)
+            response._handler_class = self.__class__
+        if not response.streaming:
+            # The body is already in memory: close now, in the thread that served the
+            # request, so request_finished hands this thread's connection back to the pool.
+            response.close()
+            body_file.close()
+        return response
+
+
+def get_http_application() -> PooledASGIHandler:
+    """Return the ASGI application serving HTTP requests with Django."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    django.setup(set_prefix=False)
+    return PooledASGIHandler(threads=settings.STATE_HTTP_THREADS)

@@ -1,0 +1,430 @@
+"""The event stream's fan-out: one log follower per server process, one outbox per connection.
+
+A `Hub` (one per event loop, so one per daphne process) reads new event-log rows once — when
+the channel layer rings the doorbell, or every STATE_STREAM_POLL_INTERVAL_SECS, which is how
+writes by other processes reach the embedded default — serializes each message once, and
+hands the frame to every local `Subscription` that may see it. The channel layer carries no
+data, so a dropped, late or reordered doorbell only delays delivery until the next one or
+the next poll. A subscription behind the hub (new, or resuming from `since_revision`)
+replays from the log by itself, then joins the hub's live feed with no gap and no overlap.
+"""
+
+import asyncio
+import json
+import logging
+import time
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from . import access, events, selectors
+from .models import StateEvent
+
+logger = logging.getLogger(__name__)
+
+LAGGED_CLOSE_CODE = 4008
+UNAUTHENTICATED_CLOSE_CODE = 4401
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One event as sent on the wire, serialized once for every connection."""
+
+    revision: int
+    key: str
+    reset: bool
+    text: str
+
+
+def encode(message: dict[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+
+
+def read_frames(
+    *, after: int, upto: int | None = None, prefixes: list[str] | None = None, limit: int
+) -> list[Frame]:
+    """Return the frames of the log rows after `after` (see `selectors.events_after`)."""
+    rows = selectors.events_after(after=after, upto=upto, prefixes=prefixes, limit=limit)
+    return [
+        Frame(
+            revision=row.revision,
+            key=row.key,
+            reset=row.op == StateEvent.Op.RESTORE,
+            text=encode(events.event_from_row(row).as_message()),
+        )
+        for row in rows
+    ]
+
+
+def error_message(code: str, message: str, **details: Any) -> dict[str, Any]:
+    return {"type": "error", "data": {"code": code, "message": message, **details}}
+
+
+def default_prefixes(user) -> list[str]:
+    """Return the caller's own keys' prefixes and the public ones subscribed by default."""
+    own = [f"{ns}:{user.get_username()}" for ns in settings.STATE_USER_NAMESPACES]
+    return [*own, *settings.STATE_STREAM_DEFAULT_PREFIXES]
+
+
+class SubscriptionError(Exception):
+    """A client request the stream refuses; sent to the client as an `error` message."""
+
+    def __init__(self, code: str, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = error_message(code, message, **details)
+
+
+class Subscription:
+    """What one connection is subscribed to, how far it has got, and what waits to be sent.
+
+    `position`: every event up to it has been sent or queued (or is not this connection's).
+    `sent`: the revision of the last event handed to the socket. `live`: the hub feeds the
+    outbox; otherwise `run()` is replaying from the log until it reaches the hub.
+    """
+
+    def __init__(
+        self,
+        *,
+        hub: "Hub",
+        user,
+        prefixes: list[str],
+        position: int,
+        send: Callable[[str], Awaitable[None]],
+        close: Callable[[int], Awaitable[None]],
+    ) -> None:
+        self.hub = hub
+        self.user = user
+        self.prefixes: list[str] = list(dict.fromkeys(prefixes))
+        self._prefix_tuple = tuple(self.prefixes)
+        self.position = position
+        self.sent = 0
+        self.live = False
+        self.lagged_at: int | None = None
+        self._send = send
+        self._close = close
+        # (revision or None for control messages, key, text)
+        self._outbox: deque[tuple[int | None, str, str]] = deque()
+        self._wake = asyncio.Event()
+        self._generation = 0
+        self._last_sent_at = time.monotonic()
+
+    # --- what the hub calls (synchronously, on the loop) ---------------------------------
+
+    def wants(self, frame: Frame) -> bool:
+        return frame.reset or (
+            frame.key.startswith(self._prefix_tuple) and access.can_read(self.user, frame.key)
+        )
+
+    def offer(self, frames: list[Frame], upto: int) -> None:
+        """Queue the frames this connection may see; cut it off if its outbox overflows."""
+        if not self.live or self.lagged_at is not None:
+            return
+        for frame in frames:
+            if frame.revision > self.position and self.wants(frame):
+                if self._pending_events() >= settings.STATE_STREAM_QUEUE_SIZE:
+                    self._lag(frame.revision)
+                    return
+                self._outbox.append((frame.revision, frame.key, frame.text))
+        self.position = max(self.position, upto)
+        self._wake.set()
+
+    def _pending_events(self) -> int:
+        return len(self._outbox)
+
+    def _lag(self, revision: int) -> None:
+        pending = [rev for rev, _, _ in self._outbox if rev is not None]
+        # Everything before the first undelivered event has been delivered.
+        self.lagged_at = (pending[0] if pending else revision) - 1
+        self._outbox.clear()
+        self._wake.set()
+
+    # --- what the consumer calls ---------------------------------------------------------
+
+    def queue(self, message: dict[str, Any]) -> None:
+        """Send a control message after everything queued before it."""
+        self._outbox.append((None, "", encode(message)))
+        self._wake.set()
+
+    def announce(self, *, revision: int | None = None) -> None:
+        self.queue(
+            {
+                "type": "subscribed",
+                "data": {
+                    "prefixes": self.prefixes,
+                    "revision": self.position if revision is None else revision,
+                },
+            }
+        )
+
+    async def start(self, *, prefixes: list[str] | None, since_revision: int | None) -> None:
+        """Announce the subscription, optionally replacing the defaults and resuming."""
+        try:
+            if since_revision is not None:
+                await self._check_since(since_revision)
+        except SubscriptionError as exc:
+            self.queue(exc.message)
+            since_revision = None
+        if prefixes is not None:
+            self._set_prefixes(self._allowed(prefixes))
+        if since_revision is not None:
+            self._rewind(since_revision)
+        self.announce()
+
+    async def subscribe(self, *, prefixes: list[str], since_revision: int | None) -> None:
+        """Add readable prefixes (error for the rest); with `since_revision`, rewind to it."""
+        if since_revision is not None:
+            await self._check_since(since_revision)
+        allowed = self._allowed(prefixes)
+        if not allowed and since_revision is None:
+            return
+        self._set_prefixes([*self.prefixes, *allowed])
+        if since_revision is not None:
+            self._rewind(since_revision)
+        self.announce()
+
+    def _allowed(self, prefixes: list[str]) -> list[str]:
+        """Return the prefixes the user may read in full; queue an error naming the others."""
+        forbidden = [p for p in prefixes if not access.can_read_prefix(self.user, p)]
+        if forbidden:
+            self.queue(
+                error_message(
+                    "permission_denied",
+                    "You may not read every key under these prefixes.",
+                    prefixes=forbidden,
+                )
+            )
+        return [p for p in prefixes if p not in forbidden]
+
+    def unsubscribe(self, *, prefixes: list[str]) -> None:
+        self._set_prefixes([p for p in self.prefixes if p not in prefixes])
+        self._outbox = deque(
+            item for item in self._outbox if item[0] is None or item[1].startswith(self._prefix_tuple)
+        )
+        self.announce()
+
+    def _set_prefixes(self, prefixes: list[str]) -> None:
+        self.prefixes = list(dict.fromkeys(prefixes))
+        self._prefix_tuple = tuple(self.prefixes)
+        # A replay batch in flight was read with the old prefixes: read it again.
+        self._generation += 1
+
+    async def _check_since(self, since: int) -> None:
+        current, oldest = await database_sync_to_async(_log_bounds)()
+        if since > current:
+            raise SubscriptionError(
+                "validation_error",
+                f"since_revision {since} is ahead of the store revision {current}.",
+                revision=current,
+            )
+        oldest = current + 1 if oldest is None else oldest
+        if since < oldest - 1:
+            raise SubscriptionError(
+                "revision_compacted",
+                f"Events after revision {since} are no longer in the log; list and resubscribe.",
+                oldest_revision=oldest,
+            )
+        if since < self.sent:
+            raise SubscriptionError(
+                "validation_error",
+                f"This connection already delivered revision {self.sent}; to resume from "
+                f"{since}, reconnect with ?since_revision={since}.",
+                revision=self.sent,
+            )
+
+    def _rewind(self, since: int) -> None:
+        # Events queued but not sent after `since` are read again from the log.
+        self._outbox = deque(item for item in self._outbox if item[0] is None or item[0] <= since)
+        self.position = since
+        self.live = False
+        self._generation += 1
+        self._wake.set()
+
+    # --- the connection's one sender ------------------------------------------------------
+
+    async def run(self) -> None:
+        """Send queued messages and replays in order; progress when idle; cut off when lagged."""
+        while True:
+            if self.lagged_at is not None:
+                await self._emit(
+                    encode(
+                        error_message(
+                            "lagged",
+                            "This connection fell too far behind; resume from last_revision.",
+                            last_revision=self.lagged_at,
+                        )
+                    )
+                )
+                await self._close(LAGGED_CLOSE_CODE)
+                return
+            if self._outbox:
+                revision, _, text = self._outbox.popleft()
+                if revision is not None:
+                    self.sent = revision
+                await self._emit(text)
+                continue
+            if not self.live:
+                await self._replay()
+                continue
+            idle_for = settings.STATE_PROGRESS_INTERVAL_SECS - (time.monotonic() - self._last_sent_at)
+            if idle_for <= 0:
+                await self._emit(encode({"type": "progress", "data": {"revision": self.position}}))
+                continue
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=idle_for)
+            except TimeoutError:
+                pass
+
+    async def _emit(self, text: str) -> None:
+        self._last_sent_at = time.monotonic()
+        await self._send(text)
+
+    async def _replay(self) -> None:
+        """Send one batch from the log, or go live once the hub has nothing newer."""
+        target = self.hub.revision
+        if self.position >= target:
+            self.live = True
+            return
+        generation = self._generation
+        limit = settings.STATE_STREAM_BATCH_SIZE
+        frames = await database_sync_to_async(read_frames)(
+            after=self.position, upto=target, prefixes=self.prefixes, limit=limit
+        )
+        for frame in frames:
+            if generation != self._generation or self.lagged_at is not None:
+                return
+            if self.wants(frame):
+                self.sent = frame.revision
+                await self._emit(frame.text)
+        if generation == self._generation:
+            self.position = frames[-1].revision if len(frames) == limit else target
+
+
+def _log_bounds() -> tuple[int, int | None]:
+    return selectors.store_revision(), selectors.event_log_oldest_revision()
+
+
+class Hub:
+    """Follows the event log for one process and fans its frames out to local subscriptions."""
+
+    def __init__(self) -> None:
+        self.revision = 0
+        self.subscriptions: set[Subscription] = set()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._opening = 0
+        self._ready = asyncio.ensure_future(self._start())
+
+    async def _start(self) -> None:
+        self.revision = await database_sync_to_async(selectors.store_revision)()
+        self._tasks = [
+            asyncio.create_task(self._follow_log()),
+            asyncio.create_task(self._poll()),
+            asyncio.create_task(self._listen()),
+        ]
+
+    async def open(self, *, user, send, close) -> Subscription:
+        """Register a subscription to the default prefixes, starting at the store revision."""
+        self._opening += 1
+        try:
+            await self._ready
+            revision = await database_sync_to_async(selectors.store_revision)()
+        finally:
+            self._opening -= 1
+        subscription = Subscription(
+            hub=self, user=user, prefixes=default_prefixes(user), position=revision,
+            send=send, close=close,
+        )  # fmt: skip
+        self.subscriptions.add(subscription)
+        return subscription
+
+    def close(self, subscription: Subscription) -> None:
+        self.subscriptions.discard(subscription)
+        if not self.subscriptions and not self._opening:
+            self.stop()
+
+    @property
+    def failed(self) -> bool:
+        return self._ready.done() and (self._ready.cancelled() or self._ready.exception() is not None)
+
+    def stop(self) -> None:
+        if _hubs.get(self._loop()) is self:
+            del _hubs[self._loop()]
+        self._ready.cancel()
+        for task in self._tasks:
+            task.cancel()
+
+    @staticmethod
+    def _loop() -> asyncio.AbstractEventLoop:
+        return asyncio.get_running_loop()
+
+    async def _follow_log(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._read_new()
+            except Exception:
+                logger.exception("Reading the event log failed; retrying on the next poll.")
+
+    async def _read_new(self) -> None:
+        limit = settings.STATE_STREAM_BATCH_SIZE
+        while True:
+            frames = await database_sync_to_async(read_frames)(after=self.revision, limit=limit)
+            if not frames:
+                return
+            upto = frames[-1].revision
+            for subscription in list(self.subscriptions):
+                subscription.offer(frames, upto)
+            self.revision = upto
+            if len(frames) < limit:
+                return
+
+    async def _poll(self) -> None:
+        while True:
+            self._wake.set()
+            await asyncio.sleep(settings.STATE_STREAM_POLL_INTERVAL_SECS)
+
+    async def _listen(self) -> None:
+        layer = get_channel_layer()
+        if layer is None:
+            return
+        channel = None
+        try:
+            while True:
+                try:
+                    if channel is None:
+                        channel = await layer.new_channel()
+                        await layer.group_add(events.CHANGES_GROUP, channel)
+                    await layer.receive(channel)
+                    self._wake.set()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.exception("The channel layer failed; following the log by polling.")
+                    channel = None
+                    await asyncio.sleep(settings.STATE_STREAM_POLL_INTERVAL_SECS)
+        finally:
+            if channel is not None:
+                try:
+                    await asyncio.shield(layer.group_discard(events.CHANGES_GROUP, channel))
+                except Exception:  # noqa: BLE001 - best effort when the loop is going away
+                    pass
+
+
+_hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub]" = weakref.WeakKeyDictionary()
+
+
+def get_hub() -> Hub:
+    """Return this process's hub (one per event loop), starting it on first use."""
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is None or hub.failed:
+        hub = _hubs[loop] = Hub()
+    return hub

@@ -38,11 +38,16 @@ PG_DB = "statehub_bench"
 REDIS_URL = "redis://127.0.0.1:6379/2"
 KEYS = 100
 
-# name, wrk mode, path (a key is appended for get/put), sends our token
+# name: (wrk mode, path (a key is appended for get/put), sends our token).
+# The baselines come twice: as a Django user gets them (Django's stock ASGI handler, under
+# /bench/default/), and with a "+" served by the same HTTP handler as our API.
 SCENARIOS = {
-    "plain": ("get", "/bench/plain?", False),
-    "naive GET": ("get", "/bench/naive/", False),
-    "naive PUT": ("naive_put", "/bench/naive/", False),
+    "plain": ("get", "/bench/default/plain?", False),
+    "naive GET": ("get", "/bench/default/naive/", False),
+    "naive PUT": ("naive_put", "/bench/default/naive/", False),
+    "plain+": ("get", "/bench/plain?", False),
+    "naive GET+": ("get", "/bench/naive/", False),
+    "naive PUT+": ("naive_put", "/bench/naive/", False),
     "our GET": ("get", "/api/v1/state/", True),
     "our PUT": ("put", "/api/v1/state/", True),
     "our CAS": ("cas", "/api/v1/state/cas", True),
@@ -132,7 +137,14 @@ class Server:
         self.log = tempfile.TemporaryFile()
 
     def start(self) -> None:
-        common = {"env": self.env, "cwd": ROOT, "stdout": self.log, "stderr": self.log}
+        # Own session per server, so stop() can reach workers a master leaves behind.
+        common = {
+            "env": self.env,
+            "cwd": ROOT,
+            "stdout": self.log,
+            "stderr": self.log,
+            "start_new_session": True,
+        }
         if self.kind == "daphne" and self.workers == 1:
             cmd = [str(VENV_BIN / "daphne"), "-b", "127.0.0.1", "-p", str(self.port), self.app]
             self.procs.append(subprocess.Popen(cmd, **common))
@@ -150,17 +162,37 @@ class Server:
             listener.close()
         elif self.kind == "uvicorn":
             cmd = [
-                str(VENV_BIN / "uvicorn"), self.app, "--host", "127.0.0.1", "--port",
-                str(self.port), "--workers", str(self.workers), "--no-access-log",
-                "--log-level", "warning", "--lifespan", "off",
-            ]  # fmt: skip
+                str(VENV_BIN / "uvicorn"),
+                self.app,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(self.workers),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+                "--lifespan",
+                "off",
+            ]
             self.procs.append(subprocess.Popen(cmd, **common))
         elif self.kind == "granian":
             cmd = [
-                str(VENV_BIN / "granian"), "--interface", "asgi", "--host", "127.0.0.1",
-                "--port", str(self.port), "--workers", str(self.workers), "--no-ws",
-                "--log-level", "warning", self.app,
-            ]  # fmt: skip
+                str(VENV_BIN / "granian"),
+                "--interface",
+                "asgi",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(self.workers),
+                "--no-ws",
+                "--log-level",
+                "warning",
+                self.app,
+            ]
             self.procs.append(subprocess.Popen(cmd, **common))
         else:
             raise SystemExit(f"unknown server {self.kind}")
@@ -198,6 +230,10 @@ class Server:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # stragglers in this server's own group
+            except ProcessLookupError:
+                pass
 
 
 # --- wrk ------------------------------------------------------------------------------------
@@ -208,12 +244,24 @@ def run_wrk(
 ) -> Result:
     mode, path, auth = SCENARIOS[name]
     env = dict(os.environ)
-    env.update(BENCH_MODE=mode, BENCH_PATH=path, BENCH_TOKEN=token if auth else "",
-               BENCH_KEYS=str(KEYS))  # fmt: skip
+    env.update(
+        BENCH_MODE=mode, BENCH_PATH=path, BENCH_TOKEN=token if auth else "", BENCH_KEYS=str(KEYS)
+    )
     cmd = [
-        shutil.which("wrk") or "/usr/bin/wrk", "-t", str(connections), "-c", str(connections),
-        "-d", f"{duration}s", "--timeout", f"{timeout}s", "--latency", "-s", str(LUA), server.url,
-    ]  # fmt: skip
+        shutil.which("wrk") or "/usr/bin/wrk",
+        "-t",
+        str(connections),
+        "-c",
+        str(connections),
+        "-d",
+        f"{duration}s",
+        "--timeout",
+        f"{timeout}s",
+        "--latency",
+        "-s",
+        str(LUA),
+        server.url,
+    ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     return parse_wrk(name, out)
 
@@ -259,55 +307,85 @@ def errors_text(result: Result) -> str:
     return text
 
 
+def ratio(result: Result, baseline: Result | None) -> str:
+    return f"{result.rps / baseline.rps:.2f}" if baseline and baseline.rps else "-"
+
+
 def table(results: dict[str, Result]) -> str:
-    plain = results.get("plain")
-    naive_get, naive_put = results.get("naive GET"), results.get("naive PUT")
-    baseline = {"our GET": naive_get, "our PUT": naive_put, "our CAS": naive_put,
-                "our incr": naive_put}  # fmt: skip
+    def naive(name: str, suffix: str) -> Result | None:
+        return results.get(("naive GET" if name == "our GET" else "naive PUT") + suffix)
+
     lines = [
-        f"{'scenario':<10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'x plain':>8} "
-        f"{'x naive':>8}  errors",
+        f"{'scenario':<11} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7}  {'x plain':>7} "
+        f"{'x naive':>7} {'x plain+':>8} {'x naive+':>8}  errors",
     ]
-    for name, result in results.items():
-        vs_plain = f"{result.rps / plain.rps:.2f}" if plain and plain.rps else "-"
-        naive = baseline.get(name)
-        vs_naive = f"{result.rps / naive.rps:.2f}" if naive and naive.rps else "-"
+    for name, r in results.items():
+        ours = name.startswith("our ")
+        columns = [
+            ratio(r, results.get("plain")),
+            ratio(r, naive(name, "")) if ours else "-",
+            ratio(r, results.get("plain+")),
+            ratio(r, naive(name, "+")) if ours else "-",
+        ]
         lines.append(
-            f"{name:<10} {result.rps:>8.0f} {result.p50_ms:>8.1f} {result.p99_ms:>8.1f} "
-            f"{vs_plain:>8} {vs_naive:>8}  {errors_text(result)}"
+            f"{name:<11} {r.rps:>7.0f} {r.p50_ms:>7.1f} {r.p99_ms:>7.1f}  {columns[0]:>7} "
+            f"{columns[1]:>7} {columns[2]:>8} {columns[3]:>8}  {errors_text(r)}"
         )
-    lines.append("x naive: our GET vs naive GET; our PUT, CAS and incr vs naive PUT.")
+    lines += [
+        "plain, naive: served by Django's stock ASGI handler (what a Django user gets).",
+        "plain+, naive+: the same views served by the project's HTTP application, like ours.",
+        "x naive: our GET against naive GET; our PUT, CAS and incr against naive PUT.",
+    ]
     return "\n".join(lines)
 
 
 # --- modes ----------------------------------------------------------------------------------
 
 
-def bench(args, scenarios: list[str], *, db: str, server_kind: str, workers: int,
-          workdir: Path) -> dict[str, Result]:  # fmt: skip
+def bench(
+    args, scenarios: list[str], *, db: str, server_kind: str, workers: int, workdir: Path
+) -> dict[str, Result]:
     url = prepare_database(db, workdir)
     token = seed(url, args.connections)
     env = server_env(url, redis=args.redis and db == "pg")
+    env["BENCH_HTTP"] = args.http
     server = Server(kind=server_kind, workers=workers, app=args.app, env=env)
     server.start()
-    print(f"# {server_kind} x{workers} pid(s) {server.pids()} on {server.url}, db={db}, "
-          f"redis={'REDIS_URL' in env}, {args.connections} connections, {args.duration}s each",
-          flush=True)  # fmt: skip
+    print(
+        f"# {server_kind} x{workers} pid(s) {server.pids()} on {server.url}, db={db}, "
+        f"redis={'REDIS_URL' in env}, http={args.http}, "
+        f"{args.connections} connections, {args.duration}s each",
+        flush=True,
+    )
     results: dict[str, Result] = {}
     try:
         # Warm up: import everything, fill connection pools.
-        run_wrk("our GET", server=server, token=token, connections=args.connections,
-                duration=min(2, args.duration), timeout=args.timeout)  # fmt: skip
+        run_wrk(
+            "our GET",
+            server=server,
+            token=token,
+            connections=args.connections,
+            duration=min(2, args.duration),
+            timeout=args.timeout,
+        )
         for name in scenarios:
-            results[name] = run_wrk(name, server=server, token=token,
-                                    connections=args.connections, duration=args.duration,
-                                    timeout=args.timeout)  # fmt: skip
+            results[name] = run_wrk(
+                name,
+                server=server,
+                token=token,
+                connections=args.connections,
+                duration=args.duration,
+                timeout=args.timeout,
+            )
             if args.raw:
                 print(f"## {name}\n{results[name].raw}", flush=True)
             else:
                 r = results[name]
-                print(f"  {name:<10} {r.rps:8.0f} req/s  p50 {r.p50_ms:7.1f} ms  "
-                      f"p99 {r.p99_ms:7.1f} ms  {errors_text(r)}", flush=True)  # fmt: skip
+                print(
+                    f"  {name:<10} {r.rps:8.0f} req/s  p50 {r.p50_ms:7.1f} ms  "
+                    f"p99 {r.p99_ms:7.1f} ms  {errors_text(r)}",
+                    flush=True,
+                )
     finally:
         server.stop()
     return results
@@ -315,26 +393,58 @@ def bench(args, scenarios: list[str], *, db: str, server_kind: str, workers: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--db", choices=["pg", "sqlite"], default="pg",
-                        help="PostgreSQL (database statehub_bench, recreated) or a temp SQLite "
-                             "file (default: pg)")  # fmt: skip
+    parser.add_argument(
+        "--db",
+        choices=["pg", "sqlite"],
+        default="pg",
+        help="PostgreSQL (database statehub_bench, recreated) or a temp SQLite file (default: pg)",
+    )
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run (10)")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (32)")
-    parser.add_argument("--server", choices=["daphne", "uvicorn", "granian"], default="daphne",
-                        help="ASGI server (daphne)")  # fmt: skip
+    parser.add_argument(
+        "--server",
+        choices=["daphne", "uvicorn", "granian"],
+        default="daphne",
+        help="ASGI server (daphne)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="server processes (1)")
-    parser.add_argument("--app", default="config.asgi:application", help="ASGI application")
-    parser.add_argument("--timeout", type=int, default=2,
-                        help="wrk request timeout in seconds; slower counts as a timeout (2)")
-    parser.add_argument("--no-redis", dest="redis", action="store_false",
-                        help="on PostgreSQL, use the in-memory channel layer instead of Redis")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
-                        help="comma-separated subset of: " + ", ".join(SCENARIOS))
-    parser.add_argument("--sqlite-writers", action="store_true",
-                        help="SQLite, N concurrent PUT connections on our API (and naive PUT)")
-    parser.add_argument("--compare-servers", action="store_true",
-                        help="our GET and PUT on PostgreSQL under daphne, uvicorn and granian "
-                             "with 1, 2 and 4 processes")  # fmt: skip
+    parser.add_argument("--app", default="bench.asgi:application", help="ASGI application")
+    parser.add_argument(
+        "--http",
+        choices=["project", "pooled", "django"],
+        default="project",
+        help="what serves our API (see bench/asgi.py): the project's "
+        "config.asgi (default), config.http's pooled handler, or "
+        "Django's stock handler",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=int,
+        default=2,
+        help="wrk request timeout in seconds; slower counts as a timeout (2)",
+    )
+    parser.add_argument(
+        "--no-redis",
+        dest="redis",
+        action="store_false",
+        help="on PostgreSQL, use the in-memory channel layer instead of Redis",
+    )
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help="comma-separated subset of: " + ", ".join(SCENARIOS),
+    )
+    parser.add_argument(
+        "--sqlite-writers",
+        action="store_true",
+        help="SQLite, N concurrent PUT connections on our API (and naive PUT)",
+    )
+    parser.add_argument(
+        "--compare-servers",
+        action="store_true",
+        help="our GET and PUT on PostgreSQL under daphne, uvicorn and granian "
+        "with 1, 2 and 4 processes",
+    )
     parser.add_argument("--raw", action="store_true", help="print wrk's full output")
     args = parser.parse_args()
     scenarios = [name.strip() for name in args.scenarios.split(",") if name.strip()]
@@ -345,28 +455,52 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="statehub-bench-") as tmp:
         workdir = Path(tmp)
         if args.sqlite_writers:
-            results = bench(args, ["our PUT", "naive PUT"], db="sqlite", server_kind=args.server,
-                            workers=args.workers, workdir=workdir)  # fmt: skip
+            results = bench(
+                args,
+                ["our PUT", "naive PUT", "naive PUT+"],
+                db="sqlite",
+                server_kind=args.server,
+                workers=args.workers,
+                workdir=workdir,
+            )
             print(f"\nSQLite, {args.connections} concurrent writers:")
             for r in results.values():
-                print(f"  {r.name:<10} {r.rps:8.0f} req/s  p50 {r.p50_ms:.1f} ms  "
-                      f"p99 {r.p99_ms:.1f} ms  {errors_text(r)}")  # fmt: skip
+                print(
+                    f"  {r.name:<10} {r.rps:8.0f} req/s  p50 {r.p50_ms:.1f} ms  "
+                    f"p99 {r.p99_ms:.1f} ms  {errors_text(r)}"
+                )
         elif args.compare_servers:
             rows = []
             for kind in ("daphne", "uvicorn", "granian"):
                 for workers in (1, 2, 4):
-                    results = bench(args, ["our GET", "our PUT"], db="pg", server_kind=kind,
-                                    workers=workers, workdir=workdir)  # fmt: skip
+                    results = bench(
+                        args,
+                        ["our GET", "our PUT"],
+                        db="pg",
+                        server_kind=kind,
+                        workers=workers,
+                        workdir=workdir,
+                    )
                     rows.append((kind, workers, results))
-            print(f"\n{'server':<8} {'procs':>5} {'GET/s':>7} {'GET p99':>8} {'PUT/s':>7} "
-                  f"{'PUT p99':>8}")  # fmt: skip
+            print(
+                f"\n{'server':<8} {'procs':>5} {'GET/s':>7} {'GET p99':>8} {'PUT/s':>7} "
+                f"{'PUT p99':>8}"
+            )
             for kind, workers, results in rows:
                 get, put = results["our GET"], results["our PUT"]
-                print(f"{kind:<8} {workers:>5} {get.rps:>7.0f} {get.p99_ms:>8.1f} "
-                      f"{put.rps:>7.0f} {put.p99_ms:>8.1f}")  # fmt: skip
+                print(
+                    f"{kind:<8} {workers:>5} {get.rps:>7.0f} {get.p99_ms:>8.1f} "
+                    f"{put.rps:>7.0f} {put.p99_ms:>8.1f}"
+                )
         else:
-            results = bench(args, scenarios, db=args.db, server_kind=args.server,
-                            workers=args.workers, workdir=workdir)  # fmt: skip
+            results = bench(
+                args,
+                scenarios,
+                db=args.db,
+                server_kind=args.server,
+                workers=args.workers,
+                workdir=workdir,
+            )
             print()
             print(table(results))
 

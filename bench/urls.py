@@ -7,4 +7,9 @@ urlpatterns = [
     *project_urlpatterns,
     path("bench/plain", views.plain, name="bench-plain"),
     path("bench/naive/<str:key>", views.NaiveEntryView.as_view(), name="bench-naive"),
+    # The same two views, which bench/asgi.py serves through Django's stock ASGI handler.
+    path("bench/default/plain", views.plain, name="bench-default-plain"),
+    path(
+        "bench/default/naive/<str:key>", views.NaiveEntryView.as_view(), name="bench-default-naive"
+    ),
 ]

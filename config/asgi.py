@@ -1,4 +1,4 @@
-"""ASGI entry point: Django for HTTP; WebSocket routes behind authentication."""
+"""ASGI entry point: Django for HTTP; the event stream WebSocket behind authentication."""
 
 import os
 
@@ -9,4 +9,11 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 
-application = ProtocolTypeRouter({"http": django_asgi_app})
+from state.routing import websocket_application  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": websocket_application(),
+    }
+)

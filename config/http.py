@@ -16,7 +16,9 @@ commit) still runs on the server's event loop.
 """
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
+from concurrent.futures import Executor, Future
 
 import django
 from asgiref.sync import sync_to_async
@@ -29,6 +31,47 @@ from django.http import HttpResponseBase
 from django.urls import set_script_prefix
 
 
+class DaemonThreadPool(Executor):
+    """A fixed pool of daemon threads, started on first use (so after any worker fork).
+
+    Not ThreadPoolExecutor: its threads are joined at interpreter exit, so a request caught
+    when the server stops its event loop (a view waiting in `async_to_sync` for the
+    broadcast) kept the process alive forever after SIGTERM.
+    """
+
+    def __init__(self, *, threads: int, name: str) -> None:
+        self.threads, self.name = threads, name
+        self._work: queue.SimpleQueue = queue.SimpleQueue()
+        self._started = False
+        self._start_lock = threading.Lock()
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        if not self._started:
+            with self._start_lock:
+                if not self._started:
+                    for n in range(self.threads):
+                        thread = threading.Thread(
+                            target=self._serve, name=f"{self.name}_{n}", daemon=True
+                        )
+                        thread.start()
+                    self._started = True
+        future: Future = Future()
+        self._work.put((future, fn, args, kwargs))
+        return future
+
+    def _serve(self) -> None:
+        while True:
+            future, fn, args, kwargs = self._work.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+
 class PooledASGIHandler(ASGIHandler):
     """Serve HTTP with Django in sync mode on a fixed pool of threads."""
 
@@ -36,7 +79,7 @@ class PooledASGIHandler(ASGIHandler):
         base.BaseHandler.__init__(self)  # not ASGIHandler's: it loads the async chain
         self.load_middleware(is_async=False)
         self.threads = threads
-        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="http")
+        self.executor = DaemonThreadPool(threads=threads, name="http")
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":

@@ -4,6 +4,7 @@ from django.conf import settings
 from django.db.models import Q
 
 from .models import AccessRule
+from .selectors import key_prefix_q
 
 _RULES_CACHE_ATTR = "_state_access_rules"
 
@@ -74,7 +75,7 @@ def readable_filter(user) -> Q | None:
         return None
     query = Q(pk__in=[])
     for prefix in settings.STATE_PUBLIC_PREFIXES + list(_group_rules(user)[0]):
-        query |= Q(key__startswith=prefix)
+        query |= key_prefix_q(prefix)
     for own in _own_prefixes(user):
-        query |= Q(key=own) | Q(key__startswith=own + ":")
+        query |= Q(key=own) | key_prefix_q(own + ":")
     return query

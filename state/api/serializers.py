@@ -3,11 +3,20 @@
 from drf_spectacular.utils import inline_serializer
 from rest_framework import serializers
 
-from state.models import StateEvent
+from state.models import Snapshot, StateEvent
+
+
+class _StrictText(serializers.CharField):
+    """A JSON string: numbers and booleans are refused, not turned into text."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
 
 
 def _text(**kwargs) -> serializers.CharField:
-    return serializers.CharField(allow_blank=True, trim_whitespace=False, **kwargs)
+    return _StrictText(allow_blank=True, trim_whitespace=False, **kwargs)
 
 
 class _Value(serializers.JSONField):
@@ -161,3 +170,34 @@ ERROR_ENVELOPE = inline_serializer(
         ),
     },
 )
+
+
+# --- snapshots (issue 4) ------------------------------------------------------------------
+
+
+class SnapshotInput(serializers.Serializer):
+    label = _text(required=False, default="")
+
+
+class RestoreInput(serializers.Serializer):
+    dry_run = serializers.BooleanField(required=False, default=False)
+
+
+class SnapshotSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Snapshot
+        fields = [
+            "id", "label", "created_at", "created_by", "revision", "key_count", "total_size",
+            "compressed_size", "checksum", "format_version",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+
+class RestoreResultSerializer(serializers.Serializer):
+    snapshot_id = serializers.IntegerField(allow_null=True)
+    snapshot_revision = serializers.IntegerField()
+    key_count = serializers.IntegerField()
+    total_size = serializers.IntegerField()
+    checksum = serializers.CharField()
+    revision = serializers.IntegerField(allow_null=True)
+    dry_run = serializers.BooleanField()

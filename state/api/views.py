@@ -3,13 +3,15 @@
 from typing import Any
 
 from django.conf import settings
+from django.http import FileResponse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
-from rest_framework import serializers, status, viewsets
+from rest_framework import permissions, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from state import access, selectors, services
+from state import access, selectors, services, snapshots
 from state.exceptions import NotFound, PermissionDenied, StateError, ValidationFailed
 
 from . import serializers as s
@@ -55,13 +57,22 @@ def etag(entry) -> str:
     return f'"{entry.version}"'
 
 
+def _none_match(header: str | None, tag: str) -> bool:
+    """Whether an `If-None-Match` header names `tag` (weakly, as RFC 9110 says) or is `*`."""
+    if header is None:
+        return False
+    # Proxies that compress (nginx gzip) hand clients weak W/"n" tags; they still match.
+    tags = [part.strip().removeprefix("W/") for part in header.split(",")]
+    return tag in tags or "*" in tags
+
+
 def if_match_version(request: Request) -> int | None:
     """Read an `If-Match: "<version>"` precondition, if any."""
     header = request.headers.get("If-Match")
     if header is None:
         return None
     text = header.strip().removeprefix("W/").strip('"')
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise ValidationFailed('If-Match must be a version ETag such as "3".', field="If-Match")
     return int(text)
 
@@ -81,15 +92,16 @@ class StateViewSet(viewsets.ViewSet):
 
     @extend_schema(parameters=[KEY_PARAM, s.ReadQuery], responses={200: ENTRY, 304: None, **ERRORS})
     def retrieve(self, request: Request, key: str) -> Response:
-        query = parse(s.ReadQuery, request.query_params)
+        # Most reads carry no query string: skip building a serializer for nothing.
+        query = parse(s.ReadQuery, request.query_params) if request.query_params else {}
         require_read(request, key)
         entry = selectors.entry_get(key=key)
         if entry is None:
             raise NotFound(f"Key '{key}' does not exist.", key=key)
         tag = etag(entry)
-        if request.headers.get("If-None-Match") == tag:
+        if _none_match(request.headers.get("If-None-Match"), tag):
             return Response(status=status.HTTP_304_NOT_MODIFIED, headers={"ETag": tag})
-        data = entry_data(entry, include_metadata=query["include_metadata"])
+        data = entry_data(entry, include_metadata=query.get("include_metadata", False))
         return ok(data, headers={"ETag": tag})
 
     @extend_schema(
@@ -348,3 +360,72 @@ def _bulk_result(result: services.BulkResult) -> dict[str, Any]:
         data.update(ok=False, **error_body(error.code, error.message, error.details))
         data.pop("success")
     return data
+
+
+# --- snapshots (issue 4) ------------------------------------------------------------------
+
+SNAPSHOT = s.enveloped("SnapshotResponse", s.SnapshotSerializer())
+SNAPSHOT_ID = OpenApiParameter("id", int, OpenApiParameter.PATH, description="The snapshot id.")
+
+
+class SnapshotViewSet(viewsets.ViewSet):
+    """Snapshots of the whole store: take, list, show, download, restore, delete. Staff only."""
+
+    permission_classes = [permissions.IsAdminUser]
+    lookup_value_regex = "[0-9]+"
+
+    @extend_schema(request=s.SnapshotInput, responses={201: SNAPSHOT, **ERRORS})
+    def create(self, request: Request) -> Response:
+        body = parse(s.SnapshotInput, request.data)
+        snapshot = services.snapshot_create(label=body["label"], actor=actor(request))
+        return ok(s.SnapshotSerializer(snapshot).data, status_code=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        responses={200: s.enveloped("Snapshots", inline_serializer("SnapshotList", {
+            "snapshots": s.SnapshotSerializer(many=True)})), **ERRORS},
+    )  # fmt: skip
+    def list(self, request: Request) -> Response:
+        snapshots = s.SnapshotSerializer(selectors.snapshots_list(), many=True).data
+        return ok({"snapshots": snapshots})
+
+    @extend_schema(parameters=[SNAPSHOT_ID], responses={200: SNAPSHOT, **ERRORS})
+    def retrieve(self, request: Request, pk: str) -> Response:
+        return ok(s.SnapshotSerializer(selectors.snapshot_get(snapshot_id=int(pk))).data)
+
+    @extend_schema(
+        parameters=[SNAPSHOT_ID],
+        responses={200: s.enveloped("SnapshotDeleted", inline_serializer("SnapshotDeletedData", {
+            "id": serializers.IntegerField(), "deleted": serializers.BooleanField()})), **ERRORS},
+    )  # fmt: skip
+    def destroy(self, request: Request, pk: str) -> Response:
+        services.snapshot_delete(snapshot_id=int(pk), actor=actor(request))
+        return ok({"id": int(pk), "deleted": True})
+
+    @extend_schema(
+        parameters=[SNAPSHOT_ID],
+        responses={(200, snapshots.CONTENT_TYPE): OpenApiTypes.BINARY, **ERRORS},
+    )
+    @action(detail=True, methods=["get"])
+    def download(self, request: Request, pk: str) -> FileResponse:
+        snapshot = selectors.snapshot_get(snapshot_id=int(pk))
+        response = FileResponse(
+            selectors.snapshot_open_verified(snapshot=snapshot),
+            as_attachment=True,
+            filename=snapshot.file.name.rsplit("/", 1)[-1],
+            content_type=snapshots.CONTENT_TYPE,
+        )
+        response["X-Checksum-SHA256"] = snapshot.checksum.removeprefix("sha256:")
+        return response
+
+    @extend_schema(
+        parameters=[SNAPSHOT_ID],
+        request=s.RestoreInput,
+        responses={200: s.enveloped("Restored", s.RestoreResultSerializer()), **ERRORS},
+    )
+    @action(detail=True, methods=["post"])
+    def restore(self, request: Request, pk: str) -> Response:
+        body = parse(s.RestoreInput, request.data)
+        result = services.state_restore(
+            snapshot_id=int(pk), dry_run=body["dry_run"], source="api", actor=actor(request)
+        )
+        return ok(s.RestoreResultSerializer(result).data)

@@ -20,7 +20,7 @@ T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def clock(time_machine):
+def clock(db, time_machine):
     """Freeze the clock at T0; tests move it with `clock.shift(seconds)`."""
     time_machine.move_to(T0, tick=False)
     return time_machine
@@ -127,7 +127,7 @@ def test_state_set_ttl_sets_expiry_and_no_ttl_clears_it(clock):
     assert StateEntry.objects.get(key="a").expires_at is None
 
 
-def test_state_set_metadata_ttl_item_sets_expiry(clock):
+def test_state_set_with_metadata_ttl_item_sets_expiry(clock):
     entry, _ = services.state_set(key="a", value=1, metadata={"ttl": "60"})
     assert entry.expires_at == T0 + timedelta(seconds=60)
 
@@ -205,7 +205,9 @@ def test_state_set_rejects_non_json_value(db, value):
 
 
 @pytest.mark.parametrize(
-    "value", ["a\x00b", {"a\x00": 1}, ["\ud800"], {"\udfff": 1}], ids=["nul", "nul-name", "sur", "sur-name"]
+    "value",
+    ["a\x00b", {"a\x00": 1}, ["\ud800"], {"\udfff": 1}],
+    ids=["nul", "nul-name", "sur", "sur-name"],
 )
 def test_state_set_rejects_text_the_database_cannot_store(db, value):
     with pytest.raises(ValidationFailed):
@@ -489,10 +491,11 @@ def test_state_set_metadata_without_ttl_keeps_expiry(clock):
     assert entry.expires_at == T0 + timedelta(seconds=20)
 
 
-def test_state_set_metadata_rejects_bad_ttl_item(db):
+@pytest.mark.parametrize("ttl", ["soon", "0", "-5", "1.5", "²", "٣x", ""])
+def test_state_set_metadata_rejects_bad_ttl_item(db, ttl):
     services.state_set(key="a", value=1)
     with pytest.raises(ValidationFailed):
-        services.state_set_metadata(key="a", metadata={"ttl": "soon"})
+        services.state_set_metadata(key="a", metadata={"ttl": ttl})
     assert revision() == 1
 
 
@@ -640,7 +643,10 @@ def test_state_bulk_atomic_is_all_or_nothing(db, published_events, failing, erro
 def test_state_bulk_validates_every_operation_before_applying(db):
     with pytest.raises(ValidationFailed) as caught:
         services.state_bulk(
-            operations=[{"op": "set", "key": "a", "value": 1}, {"op": "set", "key": "b", "value": None}],
+            operations=[
+                {"op": "set", "key": "a", "value": 1},
+                {"op": "set", "key": "b", "value": None},
+            ],
             atomic=False,
         )
     assert caught.value.details["index"] == 1
@@ -683,8 +689,11 @@ def test_state_bulk_non_atomic_reports_each_operation(db, published_events):
         atomic=False,
     )
     assert [(r.index, r.op, r.key, r.version) for r in results] == [
-        (0, "set", "b", 1), (1, "cas", "a", None), (2, "delete", "missing", None), (3, "set", "a", 2),
-    ]  # fmt: skip
+        (0, "set", "b", 1),
+        (1, "cas", "a", None),
+        (2, "delete", "missing", None),
+        (3, "set", "a", 2),
+    ]
     assert results[0].error is None and results[3].error is None
     assert isinstance(results[1].error, CasFailed)
     assert results[1].error.details == {"current": 1, "version": 1}
@@ -722,12 +731,13 @@ def test_published_events_match_event_log(db, published_events):
     services.state_set(key="a", value=[1])
     services.state_set(key="a", value=[2])
     services.state_delete(key="a")
-    assert [(e.revision, e.op, e.key, e.old_value, e.new_value, e.version) for e in published_events] == [
-        row[:6] for row in log()
-    ]
+    assert [
+        (e.revision, e.op, e.key, e.old_value, e.new_value, e.version) for e in published_events
+    ] == [row[:6] for row in log()]
 
 
-def test_nothing_is_published_before_commit(transactional_db, monkeypatch):
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_nothing_is_published_before_commit(monkeypatch):
     seen: list[int] = []
     monkeypatch.setattr(events, "broadcast", lambda event: seen.append(event.revision))
     from django.db import transaction

@@ -4,8 +4,7 @@ Requests under /bench/default/ go through Django's stock `get_asgi_application()
 that is what the naive implementation's author (and the plain view, "the framework's
 ceiling") gets out of the box. Everything else, including /bench/plain and /bench/naive/,
 goes through the application chosen by BENCH_HTTP:
-  project  config.asgi.application, whatever the project serves today (default)
-  pooled   config.http's handler (what config.asgi serves once it uses get_http_application)
+  project  config.asgi.application: config.http's pooled handler (default)
   django   Django's stock handler for everything: the "before" picture
 """
 
@@ -19,14 +18,10 @@ stock = get_asgi_application()
 mode = os.environ.get("BENCH_HTTP", "project")
 if mode == "project":
     from config.asgi import application as project  # noqa: E402
-elif mode == "pooled":
-    from config.http import get_http_application  # noqa: E402
-
-    project = get_http_application()
 elif mode == "django":
     project = stock
 else:
-    raise RuntimeError(f"BENCH_HTTP must be project, pooled or django, not {mode!r}")
+    raise RuntimeError(f"BENCH_HTTP must be project or django, not {mode!r}")
 
 
 async def application(scope, receive, send):

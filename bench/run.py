@@ -411,11 +411,10 @@ def main() -> None:
     parser.add_argument("--app", default="bench.asgi:application", help="ASGI application")
     parser.add_argument(
         "--http",
-        choices=["project", "pooled", "django"],
+        choices=["project", "django"],
         default="project",
         help="what serves our API (see bench/asgi.py): the project's "
-        "config.asgi (default), config.http's pooled handler, or "
-        "Django's stock handler",
+        "config.asgi (default) or Django's stock handler",
     )
     parser.add_argument(
         "--timeout",

@@ -1,11 +1,13 @@
-"""ASGI entry point: Django for HTTP; the event stream WebSocket behind authentication."""
+"""ASGI entry point: Django for HTTP (config.http's pooled handler); the event stream WebSocket."""
 
 import os
 
-from django.core.asgi import get_asgi_application
-
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-django_asgi_app = get_asgi_application()
+
+from config.http import get_http_application  # noqa: E402
+
+# Set Django up (inside get_http_application) before anything imports models.
+http_application = get_http_application()
 
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 
@@ -13,7 +15,7 @@ from state.routing import websocket_application  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": http_application,
         "websocket": websocket_application(),
     }
 )

@@ -18,6 +18,7 @@ commit) still runs on the server's event loop.
 import os
 import queue
 import threading
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Executor, Future
 
 import django
@@ -89,6 +90,8 @@ class PooledASGIHandler(ASGIHandler):
         except RequestAborted:
             return
         response = await self.in_pool(self.respond)(scope, body_file)
+        if response.streaming and not response.is_async:
+            response.streaming_content = self.pull_in_pool(response.streaming_content)
         try:
             await self.send_response(response, send)
         finally:
@@ -98,6 +101,17 @@ class PooledASGIHandler(ASGIHandler):
 
     def in_pool(self, func):
         return sync_to_async(func, thread_sensitive=False, executor=self.executor)
+
+    async def pull_in_pool(self, chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+        """Read a sync streaming body (a snapshot download) one chunk at a time in the pool.
+
+        Django's own fallback reads the whole iterator into a list before sending anything,
+        which holds a 50 MB snapshot file in memory; this keeps one chunk in flight.
+        """
+        done = object()
+        pull = self.in_pool(lambda: next(chunks, done))
+        while (chunk := await pull()) is not done:
+            yield chunk
 
     def respond(self, scope, body_file) -> HttpResponseBase:
         """Run one request through Django in this (pool) thread and return the response."""

@@ -108,6 +108,7 @@ def e2e_env(shared_redis, tmp_path_factory) -> Iterator[dict[str, str]]:
         STATE_PROGRESS_INTERVAL_SECS="1",
         STATE_STREAM_POLL_INTERVAL_SECS="0.5",
         PYTHONUNBUFFERED="1",
+        STATE_SNAPSHOT_DIR=str(tmp_path_factory.mktemp("snapshots")),
     )
     db = settings.DATABASES["default"]
     name = f"statehub_e2e_{os.getpid()}"

@@ -133,7 +133,9 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
     "snapshots": {
         "BACKEND": "django.core.files.storage.FileSystemStorage",
-        "OPTIONS": {"location": env.path("STATE_SNAPSHOT_DIR", default=BASE_DIR / "var" / "snapshots")},
+        "OPTIONS": {
+            "location": env.path("STATE_SNAPSHOT_DIR", default=BASE_DIR / "var" / "snapshots")
+        },
     },
 }
 
@@ -173,7 +175,9 @@ STATE_LIST_DEFAULT_LIMIT = env.int("STATE_LIST_DEFAULT_LIMIT", default=1000)
 STATE_LIST_MAX_LIMIT = env.int("STATE_LIST_MAX_LIMIT", default=10000)
 STATE_HOT_KEYS = env.int("STATE_HOT_KEYS", default=10)
 STATE_HOT_KEYS_WINDOW = env.int("STATE_HOT_KEYS_WINDOW", default=1000)
-STATE_PUBLIC_PREFIXES = env.list("STATE_PUBLIC_PREFIXES", default=["global:", "market:", "feature_flag:"])
+STATE_PUBLIC_PREFIXES = env.list(
+    "STATE_PUBLIC_PREFIXES", default=["global:", "market:", "feature_flag:"]
+)
 STATE_USER_NAMESPACES = env.list("STATE_USER_NAMESPACES", default=["user", "session"])
 STATE_BROADCAST_CHANGES = env.bool("STATE_BROADCAST_CHANGES", default=True)
 STATE_PROGRESS_INTERVAL_SECS = env.float("STATE_PROGRESS_INTERVAL_SECS", default=10.0)

@@ -17,7 +17,9 @@ class StoreRevision(models.Model):
     class Meta:
         constraints = [
             models.CheckConstraint(condition=models.Q(id=1), name="store_revision_single_row"),
-            models.CheckConstraint(condition=models.Q(revision__gte=0), name="store_revision_gte_0"),
+            models.CheckConstraint(
+                condition=models.Q(revision__gte=0), name="store_revision_gte_0"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -96,7 +98,9 @@ class AccessRule(models.Model):
         verbose_name = "access rule"
         ordering = ["prefix", "group__name"]
         constraints = [
-            models.UniqueConstraint(fields=["group", "prefix", "access"], name="access_rule_unique"),
+            models.UniqueConstraint(
+                fields=["group", "prefix", "access"], name="access_rule_unique"
+            ),
         ]
 
     def __str__(self) -> str:

@@ -121,20 +121,32 @@ def _entries_page(
 def _page(items: list, *, total: int, limit: int, last_key) -> Page:
     more = len(items) > limit
     items = items[:limit]
-    return Page(items=items, total=total, next_cursor=encode_cursor(last_key(items[-1])) if more else None)
+    return Page(
+        items=items, total=total, next_cursor=encode_cursor(last_key(items[-1])) if more else None
+    )
 
 
 def keys_list(
-    *, prefix: str = "", readable: Q | None = None, limit: int | None = None, cursor: str | None = None
+    *,
+    prefix: str = "",
+    readable: Q | None = None,
+    limit: int | None = None,
+    cursor: str | None = None,
 ) -> Page:
     """Return one page of live keys under `prefix` that pass `readable`, sorted."""
-    matching, page, limit = _entries_page(prefix=prefix, readable=readable, limit=limit, cursor=cursor)
+    matching, page, limit = _entries_page(
+        prefix=prefix, readable=readable, limit=limit, cursor=cursor
+    )
     keys = list(page.values_list("key", flat=True)[: limit + 1])
     return _page(keys, total=matching.count(), limit=limit, last_key=lambda key: key)
 
 
 def entries_list(
-    *, prefix: str = "", readable: Q | None = None, limit: int | None = None, cursor: str | None = None
+    *,
+    prefix: str = "",
+    readable: Q | None = None,
+    limit: int | None = None,
+    cursor: str | None = None,
 ) -> tuple[Page, int]:
     """Return one page of live entries and the store revision read before them.
 
@@ -143,7 +155,9 @@ def entries_list(
     a change twice; each entry carries its own revision to tell).
     """
     revision = store_revision()
-    matching, page, limit = _entries_page(prefix=prefix, readable=readable, limit=limit, cursor=cursor)
+    matching, page, limit = _entries_page(
+        prefix=prefix, readable=readable, limit=limit, cursor=cursor
+    )
     entries = list(page[: limit + 1])
     return _page(entries, total=matching.count(), limit=limit, last_key=lambda e: e.key), revision
 

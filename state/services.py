@@ -123,7 +123,9 @@ def _check_depth(value: Any) -> None:
         else:
             continue
         if depth > limit:
-            raise ValidationFailed(f"The value is nested deeper than {limit} levels.", field="value")
+            raise ValidationFailed(
+                f"The value is nested deeper than {limit} levels.", field="value"
+            )
         stack.extend((child, depth + 1) for child in children)
 
 
@@ -752,7 +754,9 @@ def state_bulk(
             with _write(actor=actor) as tx:
                 results.append(_apply_bulk_operation(tx, index, request))
         except StateError as exc:
-            results.append(BulkResult(index=index, op=_op_name(request), key=request.key, error=exc))
+            results.append(
+                BulkResult(index=index, op=_op_name(request), key=request.key, error=exc)
+            )
     return results
 
 
@@ -1043,9 +1047,9 @@ def events_compact(
     keep_count = settings.STATE_EVENT_RETENTION_COUNT if keep_count is None else keep_count
     keep_secs = settings.STATE_EVENT_RETENTION_SECS if keep_secs is None else keep_secs
     bounds = [
-        StateEvent.objects.order_by("-revision").values_list("revision", flat=True)[
-            keep_count : keep_count + 1
-        ].first(),
+        StateEvent.objects.order_by("-revision")
+        .values_list("revision", flat=True)[keep_count : keep_count + 1]
+        .first(),
         StateEvent.objects.filter(
             timestamp__lt=timezone.now() - timedelta(seconds=keep_secs)
         ).aggregate(bound=Max("revision"))["bound"],

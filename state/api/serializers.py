@@ -153,7 +153,9 @@ class EventSerializer(serializers.ModelSerializer):
 
 def enveloped(name: str, data) -> serializers.Serializer:
     """Describe a success envelope around `data` for the OpenAPI schema."""
-    return inline_serializer(name, {"success": serializers.BooleanField(default=True), "data": data})
+    return inline_serializer(
+        name, {"success": serializers.BooleanField(default=True), "data": data}
+    )
 
 
 ERROR_ENVELOPE = inline_serializer(

@@ -270,9 +270,7 @@ class StateViewSet(viewsets.ViewSet):
         for key in keys:
             require_read(request, key)
         found = selectors.entries_get_many(keys=keys)
-        return ok(
-            {"entries": {key: entry_data(e) if e else None for key, e in found.items()}}
-        )
+        return ok({"entries": {key: entry_data(e) if e else None for key, e in found.items()}})
 
     @extend_schema(
         request=s.CasInput,

@@ -71,5 +71,3 @@ def shared_db(_migrated_sqlite_file, tmp_path):
     shutil.copy(_migrated_sqlite_file, path)
     with _connection_to(path):
         yield f"sqlite:///{path}"
-
-

@@ -82,8 +82,10 @@ def bad_files() -> dict[str, bytes]:
         "foreign gzip": gzipped({"hello": "world"}, {"end": True}),
         "random gzip": gzip.compress(os.urandom(4096)),
         "empty": b"",
-        "future version": gzipped({**header, "version": snapshots.VERSION + 1},
-                                  {"end": True, "key_count": 0, "total_size": 0}),  # fmt: skip
+        "future version": gzipped(
+            {**header, "version": snapshots.VERSION + 1},
+            {"end": True, "key_count": 0, "total_size": 0},
+        ),  # fmt: skip
         "entry breaking the rules": write_file([entry("bad key!", 1)]),
         "null value": write_file([entry("k", None)]),
     }
@@ -253,9 +255,7 @@ def test_snapshots_beyond_the_maximum_are_pruned_with_their_files(
         with django_capture_on_commit_callbacks(execute=True):  # files go once the rows have
             taken.append(services.snapshot_create())
     assert list(selectors.snapshots_list()) == [taken[3], taken[2]]
-    assert sorted(p.name for p in snapshot_dir.iterdir()) == sorted(
-        s.file.name for s in taken[2:]
-    )
+    assert sorted(p.name for p in snapshot_dir.iterdir()) == sorted(s.file.name for s in taken[2:])
 
 
 def test_snapshot_delete_removes_record_and_file(

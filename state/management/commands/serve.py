@@ -1,4 +1,4 @@
-"""Run statehub on the embedded default: migrate, ensure a demo staff user, start server + worker."""
+"""Run statehub on the embedded default: migrate, a demo staff user, then server + worker."""
 
 import os
 import signal
@@ -45,8 +45,16 @@ class Command(BaseCommand):
         manage = [sys.executable, os.path.abspath(sys.argv[0])]
         children = [
             subprocess.Popen(
-                [sys.executable, "-m", "daphne", "-b", host, "-p", str(port),
-                 "config.asgi:application"]  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "daphne",
+                    "-b",
+                    host,
+                    "-p",
+                    str(port),
+                    "config.asgi:application",
+                ]  # fmt: skip
             )
         ]
         if not no_worker:

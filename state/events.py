@@ -5,6 +5,7 @@ to the channel layer. The channel layer is a doorbell: the event log in the data
 truth, so a lost or late message is repaired by whoever reads the log.
 """
 
+import threading
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
@@ -52,20 +53,33 @@ class StateReset:
 
 Event = StateChange | StateReset
 
+# The highest revision this thread published and has not rung the doorbell for yet. On-commit
+# callbacks run in the committing thread, so the first one of a transaction rings once for
+# all its events (a bulk of 1,000 operations or an expiry sweep is one doorbell, not 1,000).
+_unrung = threading.local()
+
 
 def publish(event: Event) -> None:
     """Broadcast `event` once the current transaction commits (never before)."""
     if settings.STATE_BROADCAST_CHANGES:
+        _unrung.revision = max(getattr(_unrung, "revision", 0), event.revision)
         # robust: a broadcast failure is logged, never turned into a failed write.
         transaction.on_commit(partial(broadcast, event), robust=True)
 
 
 def broadcast(event: Event) -> None:
-    """Ring the doorbell: tell every server process that the store moved to `event.revision`.
+    """Ring the doorbell: tell every server process that the store moved on.
 
     The message is tiny on purpose: listeners read the change itself from the event log, so
     the channel layer never carries values and a lost or reordered message costs nothing.
+    Only the first callback of a commit rings; the others find nothing left to ring for.
+    (A revision left over from a rolled-back transaction is rung with the next commit: the
+    number is only a hint, listeners always read the log from where they are.)
     """
+    revision = getattr(_unrung, "revision", 0)
+    if revision < event.revision:
+        return
+    _unrung.revision = 0
     import asyncio
 
     from asgiref.sync import async_to_sync
@@ -74,7 +88,7 @@ def broadcast(event: Event) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
-    message = {"type": DOORBELL_TYPE, "revision": event.revision}
+    message = {"type": DOORBELL_TYPE, "revision": revision}
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:

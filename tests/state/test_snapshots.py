@@ -1,6 +1,7 @@
 """Snapshots: the file format, create and restore through the services and the API."""
 
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -219,6 +220,25 @@ def test_restore_refuses_bad_files_and_leaves_the_store_untouched(db, tmp_path, 
     path.write_bytes(bad_files()[kind])
     with pytest.raises(InvalidSnapshot):
         services.state_restore(path=path)
+    assert store() == before
+    assert selectors.store_revision() == revision and StateEvent.objects.count() == log
+
+
+@pytest.mark.parametrize("kind", list(bad_files()))
+def test_restore_of_a_recorded_bad_file_rolls_back_and_leaves_the_store_untouched(
+    db, snapshot_dir, kind
+):
+    """A bad file whose record matches it: refused inside the restore's own transaction."""
+    fill_store()
+    snap = services.snapshot_create()
+    data = bad_files()[kind]
+    (snapshot_dir / snap.file.name).write_bytes(data)
+    Snapshot.objects.filter(pk=snap.pk).update(
+        revision=7, checksum="sha256:" + hashlib.sha256(data).hexdigest()
+    )
+    before, revision, log = store(), selectors.store_revision(), StateEvent.objects.count()
+    with pytest.raises(InvalidSnapshot):
+        services.state_restore(snapshot_id=snap.pk)
     assert store() == before
     assert selectors.store_revision() == revision and StateEvent.objects.count() == log
 

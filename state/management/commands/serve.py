@@ -59,8 +59,11 @@ class Command(BaseCommand):
         ]
         if not no_worker:
             children.append(subprocess.Popen([*manage, "state_worker"]))
+        stopping = []
+        # SIGTERM (a supervisor, `kill`) stops the children too, like Ctrl-C does.
+        signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
         try:
-            while all(child.poll() is None for child in children):
+            while not stopping and all(child.poll() is None for child in children):
                 time.sleep(0.5)
         except KeyboardInterrupt:
             pass

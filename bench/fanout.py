@@ -34,6 +34,7 @@ from pathlib import Path
 from websockets.asyncio.client import connect
 
 ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
 PORTS = list(range(18350, 18400))
 PG_URL = "postgres://postgres@127.0.0.1:5432"
 REDIS_URL = "redis://127.0.0.1:6379/3"
@@ -101,30 +102,33 @@ def database(backend: str, redis: bool, layer: str):
                 admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def server_command(kind: str, port: int) -> list[str]:
+    """The command line of one server process of `kind` on `port`."""
+    app = "config.asgi:application"
+    if kind == "daphne":
+        return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), app]
+    if kind == "uvicorn":
+        return [str(VENV_BIN / "uvicorn"), app, "--host", "127.0.0.1", "--port", str(port),
+                "--no-access-log", "--log-level", "warning", "--lifespan", "off"]  # fmt: skip
+    return [str(VENV_BIN / "granian"), "--interface", "asgi", "--host", "127.0.0.1",
+            "--port", str(port), "--log-level", "warning", app]  # fmt: skip
+
+
 @contextmanager
-def servers(env: dict[str, str], count: int, **extra: str):
-    """Start `count` daphne processes; stop them (by PID) on exit."""
+def servers(env: dict[str, str], count: int, kind: str = "daphne", **extra: str):
+    """Start `count` server processes of `kind`; stop them (by PID) on exit."""
     started: list[subprocess.Popen] = []
     ports = PORTS[:count]
     try:
         for port in ports:
             started.append(
                 subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "daphne",
-                        "-b",
-                        "127.0.0.1",
-                        "-p",
-                        str(port),
-                        "config.asgi:application",
-                    ],
+                    server_command(kind, port),
                     cwd=ROOT,
                     env={**env, **extra},
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
-                )  # fmt: skip
+                )
             )
         for port in ports:
             wait_ready(port)
@@ -358,6 +362,8 @@ def main() -> None:
                         help="database of the single-process and throughput scenarios")  # fmt: skip
     parser.add_argument("--layer", choices=["pubsub", "groups"], default="pubsub",
                         help="channels-redis flavour when Redis is used")  # fmt: skip
+    parser.add_argument("--server", choices=["daphne", "uvicorn", "granian"], default="daphne",
+                        help="ASGI server of the fan-out scenarios")  # fmt: skip
     parser.add_argument("--connections", type=int, default=16, help="wrk connections")
     parser.add_argument("--wrk-seconds", type=int, default=10)
     args = parser.parse_args()
@@ -375,11 +381,12 @@ def main() -> None:
             backend = args.backend if scenario == "single" else "postgres"
             redis = backend == "postgres"
             with database(backend, redis, args.layer) as (env, tokens):
-                with servers(env, count) as ports:
+                with servers(env, count, args.server) as ports:
                     result = asyncio.run(
                         fanout(ports, tokens, args.subscribers, args.rate, args.seconds)
                     )
-            label = f"{scenario} ({backend}{', redis ' + args.layer if redis else ', in-memory'})"
+            layer = f"redis {args.layer}" if redis else "in-memory"
+            label = f"{scenario} ({args.server}, {backend}, {layer})"
         print(f"{label}: {json.dumps(result)}", flush=True)
 
 

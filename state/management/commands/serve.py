@@ -43,20 +43,8 @@ class Command(BaseCommand):
             f"  docs: {base}/api/docs/\n"
         )
         manage = [sys.executable, os.path.abspath(sys.argv[0])]
-        children = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "daphne",
-                    "-b",
-                    host,
-                    "-p",
-                    str(port),
-                    "config.asgi:application",
-                ]  # fmt: skip
-            )
-        ]
+        daphne = [sys.executable, "-m", "daphne", "-b", host, "-p", str(port)]
+        children = [subprocess.Popen([*daphne, "config.asgi:application"])]
         if not no_worker:
             children.append(subprocess.Popen([*manage, "state_worker"]))
         stopping = []

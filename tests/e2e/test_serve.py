@@ -1,0 +1,85 @@
+"""The README's run command: `manage.py serve` on the embedded default, server and worker."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT, _free_port, _wait_ready
+
+
+def call(port: int, method: str, path: str, token: str, body=None) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.fixture
+def served(tmp_path):
+    """`manage.py serve` on a fresh SQLite file; yields (port, token, process)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(
+        DATABASE_URL=f"sqlite:///{tmp_path / 'serve.sqlite3'}",
+        STATE_SNAPSHOT_DIR=str(tmp_path / "snapshots"),
+        STATE_EXPIRE_INTERVAL_SECS="0.2",
+        STATE_WORKER_TICK_SECS="0.1",
+        PYTHONUNBUFFERED="1",
+    )
+    port = _free_port(set())
+    log = tmp_path / "serve.log"
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "serve", "--port", str(port)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log.open("w"), text=True,
+    )  # fmt: skip
+    try:
+        banner = "".join(process.stdout.readline() for _ in range(3))
+        token = re.search(r"token:\s+(\w+)", banner).group(1)
+        _wait_ready(process, port, log, timeout=60)
+        yield port, token, process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+
+
+def test_serve_prints_a_staff_token_and_runs_server_and_worker(served):
+    port, token, _ = served
+    status, body = call(port, "PUT", "/api/v1/state/global:serve", token, {"value": 1, "ttl": 1})
+    assert status == 201, body
+
+    # The worker, started beside the server, expires the key: an `expire` event in its history.
+    deadline = time.monotonic() + 20
+    ops: list[str] = []
+    while time.monotonic() < deadline and "expire" not in ops:
+        time.sleep(0.3)
+        status, body = call(port, "GET", "/api/v1/state/global:serve/history", token)
+        ops = [event["op"] for event in body["data"]["events"]] if status == 200 else []
+    assert ops[:2] == ["expire", "set"]
+
+
+def test_serve_stops_server_and_worker_on_sigterm(served):
+    port, _, process = served
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    assert len(children) == 2  # daphne and the worker
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+    for pid in children:
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(pid), 0)

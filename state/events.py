@@ -5,16 +5,22 @@ to the channel layer. The channel layer is a doorbell: the event log in the data
 truth, so a lost or late message is repaired by whoever reads the log.
 """
 
+import asyncio
+import logging
+import os
 import threading
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
+from asgiref.sync import SyncToAsync, async_to_sync
 from django.conf import settings
 from django.db import transaction
 
 if TYPE_CHECKING:
     from .models import StateEvent
+
+logger = logging.getLogger(__name__)
 
 # The one group every server process listens on for news of changes.
 CHANGES_GROUP = "state.changes"
@@ -80,22 +86,47 @@ def broadcast(event: Event) -> None:
     if revision < event.revision:
         return
     _unrung.revision = 0
-    import asyncio
-
-    from asgiref.sync import async_to_sync
     from channels.layers import get_channel_layer
 
     layer = get_channel_layer()
-    if layer is None:
-        return
-    message = {"type": DOORBELL_TYPE, "revision": revision}
+    if layer is not None:
+        _ring(layer, {"type": DOORBELL_TYPE, "revision": revision})
+
+
+def _ring(layer, message: dict[str, Any]) -> None:
+    """Send `message` to the changes group without making the committing thread wait.
+
+    The writer may still hold the SQLite write lock here (on-commit hooks run inside the
+    `_write` block), so waiting for a hop to the busy event loop serialized that wait into
+    every write: 7% of a loaded server's samples, measured with py-spy.
+    """
     try:
-        loop = asyncio.get_running_loop()
+        running = asyncio.get_running_loop()  # committed from code on the loop
     except RuntimeError:
-        async_to_sync(layer.group_send)(CHANGES_GROUP, message)
-    else:
-        # Committed from code running on an event loop: async_to_sync is not allowed here.
-        loop.create_task(layer.group_send(CHANGES_GROUP, message))
+        running = None
+    if running is not None:
+        running.create_task(layer.group_send(CHANGES_GROUP, message))
+        return
+    # A thread started by sync_to_async (a request, a consumer's database call): asgiref
+    # records the event loop that awaits it; hand the send to that loop and move on.
+    # (The record outlives its loop in a reused thread: only a running loop will do.)
+    local = SyncToAsync.threadlocal
+    loop = getattr(local, "main_event_loop", None)
+    if (
+        loop is not None
+        and loop.is_running()
+        and getattr(local, "main_event_loop_pid", None) == os.getpid()
+    ):
+        send = layer.group_send(CHANGES_GROUP, message)
+        asyncio.run_coroutine_threadsafe(send, loop).add_done_callback(_log_failure)
+        return
+    # A command or the worker: no loop of ours to hand it to.
+    async_to_sync(layer.group_send)(CHANGES_GROUP, message)
+
+
+def _log_failure(done) -> None:
+    if not done.cancelled() and done.exception() is not None:
+        logger.warning("Ringing the change doorbell failed: %r", done.exception())
 
 
 def event_from_row(row: "StateEvent") -> Event:

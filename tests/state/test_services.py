@@ -759,7 +759,7 @@ def test_nothing_is_published_before_commit(monkeypatch):
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_one_doorbell_per_commit_however_many_changes():
-    """A bulk of five changes rings the channel layer once, with its last revision."""
+    """A bulk of five changes rings the channel layer once, then the next write once."""
 
     async def doorbells() -> list[dict]:
         layer = get_channel_layer()
@@ -778,7 +778,10 @@ def test_one_doorbell_per_commit_however_many_changes():
 
     start = selectors.store_revision()
     rung = async_to_sync(doorbells)()
-    assert [message["revision"] for message in rung] == [start + 5, start + 6]
+    # A doorbell names at least its commit's last revision (more if a rolled-back write in
+    # the same thread left a higher one: only a hint).
+    first, second = (message["revision"] for message in rung)
+    assert first >= start + 5 and second >= start + 6
 
 
 # --- query counts -------------------------------------------------------------------------

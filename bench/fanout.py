@@ -9,7 +9,7 @@
 
 Each scenario gets a fresh database (a temporary SQLite file, or a PostgreSQL database
 statehub_stream_bench_<pid> created and dropped here). All clients run in this one asyncio
-process; servers use ports 18350-18399.
+process; servers are bench/run.py's, on ports 18200-18299.
 
   .venv/bin/python bench/fanout.py                          # all scenarios
   .venv/bin/python bench/fanout.py single --backend sqlite  # embedded default
@@ -31,11 +31,10 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from run import Server  # bench/run.py, beside this script
 from websockets.asyncio.client import connect
 
 ROOT = Path(__file__).resolve().parent.parent
-VENV_BIN = Path(sys.executable).parent
-PORTS = list(range(18350, 18400))
 PG_URL = "postgres://postgres@127.0.0.1:5432"
 REDIS_URL = "redis://127.0.0.1:6379/3"
 
@@ -102,60 +101,20 @@ def database(backend: str, redis: bool, layer: str):
                 admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def server_command(kind: str, port: int) -> list[str]:
-    """The command line of one server process of `kind` on `port`."""
-    app = "config.asgi:application"
-    if kind == "daphne":
-        return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), app]
-    if kind == "uvicorn":
-        return [str(VENV_BIN / "uvicorn"), app, "--host", "127.0.0.1", "--port", str(port),
-                "--no-access-log", "--log-level", "warning", "--lifespan", "off"]  # fmt: skip
-    return [str(VENV_BIN / "granian"), "--interface", "asgi", "--host", "127.0.0.1",
-            "--port", str(port), "--log-level", "warning", app]  # fmt: skip
-
-
 @contextmanager
 def servers(env: dict[str, str], count: int, kind: str = "daphne", **extra: str):
-    """Start `count` server processes of `kind`; stop them (by PID) on exit."""
-    started: list[subprocess.Popen] = []
-    ports = PORTS[:count]
+    """Start `count` server processes of `kind` (bench/run.py's Server); stop them on exit."""
+    started: list[Server] = []
     try:
-        for port in ports:
-            started.append(
-                subprocess.Popen(
-                    server_command(kind, port),
-                    cwd=ROOT,
-                    env={**env, **extra},
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-        for port in ports:
-            wait_ready(port)
-        yield ports
+        for _ in range(count):
+            server = Server(kind=kind, workers=1, app="config.asgi:application",
+                            env={**env, **extra}, websockets=True)  # fmt: skip
+            started.append(server)
+            server.start()
+        yield [server.port for server in started]
     finally:
-        for process in started:
-            process.terminate()
-        for process in started:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-
-def wait_ready(port: int) -> None:
-    import http.client
-
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            connection.request("GET", "/healthz")
-            if connection.getresponse().status == 200:
-                return
-        except OSError:
-            time.sleep(0.1)
-    sys.exit(f"server on {port} did not start")
+        for server in started:
+            server.stop()
 
 
 # --- clients ----------------------------------------------------------------------------

@@ -130,8 +130,11 @@ def free_port() -> int:
 class Server:
     """One server (daphne, uvicorn or granian, N processes) started and stopped by PID."""
 
-    def __init__(self, *, kind: str, workers: int, app: str, env: dict[str, str]) -> None:
+    def __init__(
+        self, *, kind: str, workers: int, app: str, env: dict[str, str], websockets: bool = False
+    ) -> None:
         self.kind, self.workers, self.app, self.env = kind, workers, app, env
+        self.websockets = websockets  # granian serves WebSockets only when asked
         self.port = free_port()
         self.procs: list[subprocess.Popen] = []
         self.log = tempfile.TemporaryFile()
@@ -188,7 +191,7 @@ class Server:
                 str(self.port),
                 "--workers",
                 str(self.workers),
-                "--no-ws",
+                *([] if self.websockets else ["--no-ws"]),
                 "--log-level",
                 "warning",
                 self.app,

@@ -3,9 +3,10 @@
     .venv/bin/python bench/snapshots.py \
         --database-url postgres://postgres@127.0.0.1:5432/statehub_snap_bench
 
-For each size it seeds the store (a bench-only bulk insert), then takes a snapshot and
-restores it, each in a fresh child process, so that a child's peak RSS (the kernel's
-high-water mark) is the cost of that one operation on top of a started Django process.
+For each size it seeds a fresh database through the write path (state_bulk: ~5 minutes for
+100k keys here), then takes a snapshot and restores it, each in a fresh child process, so
+that a child's peak RSS (the kernel's high-water mark) is the cost of that one operation on
+top of a started Django process.
 Targets (issue 4): 100k keys of ~1 KB: create <= 10 s, restore <= 30 s, and peak memory at
 100k keys <= 1.2x that at 10k keys.
 """
@@ -37,37 +38,28 @@ def setup_django() -> None:
 
 
 def child_seed(keys: int, value_bytes: int) -> dict:
-    """Fill the store with `keys` entries of about `value_bytes` each (bench-only fast path)."""
+    """Fill the (fresh) store with `keys` entries of about `value_bytes` each, via the services."""
     setup_django()
+    from django.conf import settings
     from django.core.management import call_command
-    from django.db import connection, transaction
-    from django.utils import timezone
 
-    from state.models import StateEntry, StoreRevision
+    from state import services
 
     call_command("migrate", verbosity=0)
     started = time.monotonic()
-    with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE state_stateentry, state_stateevent, state_snapshot")
-    now = timezone.now()
     hex_chars = max(value_bytes - 80, 2)
-    with transaction.atomic():
-        batch = []
-        for number in range(keys):
-            value = {"id": number, "kind": "bench", "payload": os.urandom(hex_chars // 2).hex()}
-            batch.append(
-                StateEntry(
-                    key=f"bench:{number:08}", value=value,
-                    metadata={"owner": "bench"} if number % 10 == 0 else {},
-                    version=1, revision=1, created_at=now, updated_at=now, source="bench",
-                    size=len(json.dumps(value, separators=(",", ":"))),
-                )
-            )  # fmt: skip
-            if len(batch) == 5000:
-                StateEntry.objects.bulk_create(batch)
-                batch.clear()
-        StateEntry.objects.bulk_create(batch)
-        StoreRevision.objects.filter(pk=1).update(revision=1)
+    operations = []
+    for number in range(keys):
+        value = {"id": number, "kind": "bench", "payload": os.urandom(hex_chars // 2).hex()}
+        operation = {"op": "set", "key": f"bench:{number:08}", "value": value}
+        if number % 10 == 0:
+            operation["metadata"] = {"owner": "bench"}
+        operations.append(operation)
+        if len(operations) == settings.STATE_MAX_BULK_OPERATIONS:
+            services.state_bulk(operations=operations, source="bench", actor="bench")
+            operations.clear()
+    if operations:
+        services.state_bulk(operations=operations, source="bench", actor="bench")
     return {"seconds": time.monotonic() - started}
 
 
@@ -106,18 +98,18 @@ def child_restore(snapshot_id: int) -> dict:
     }
 
 
-def ensure_database(url: str) -> None:
-    """Create the bench's PostgreSQL database if it does not exist yet."""
+def fresh_database(url: str) -> None:
+    """Drop and create the bench's PostgreSQL database, so each size starts from nothing."""
     parts = urlsplit(url)
     if not parts.scheme.startswith("postgres"):
-        return
+        raise SystemExit("bench/snapshots.py measures PostgreSQL: give a postgres:// URL.")
     import psycopg
 
     name = parts.path.lstrip("/")
     admin = parts._replace(path="/postgres").geturl()
     with psycopg.connect(admin, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def run_child(env: dict[str, str], *args: str) -> dict:
@@ -148,7 +140,6 @@ def main() -> None:
             print(json.dumps(child_restore(int(rest[0]))))
         return
 
-    ensure_database(args.database_url)
     snapshot_dir = tempfile.mkdtemp(prefix="statehub-snap-bench-")
     env = {**os.environ, "DATABASE_URL": args.database_url, "STATE_SNAPSHOT_DIR": snapshot_dir,
            "LOG_LEVEL": "WARNING"}  # fmt: skip
@@ -156,6 +147,7 @@ def main() -> None:
     print(f"database {args.database_url}; snapshot files in {snapshot_dir}")
     results = {}
     for keys in (int(size) for size in args.sizes.split(",")):
+        fresh_database(args.database_url)
         seeded = run_child(env, "seed", str(keys), str(args.value_bytes))
         created = run_child(env, "create")
         restored = run_child(env, "restore", str(created["snapshot_id"]))

@@ -997,6 +997,18 @@ def state_restore(
             raise InvalidSnapshot(f"The file of snapshot {snapshot.pk} is not the one recorded.")
         return reader
 
+    def result(reader: snapshots.Reader, *, revision: int | None) -> RestoreResult:
+        """What was verified (revision None: a dry run) or restored at `revision`."""
+        return RestoreResult(
+            snapshot_id=snapshot_id,
+            snapshot_revision=reader.header.revision,
+            key_count=reader.header.key_count,
+            total_size=reader.total_size,
+            checksum=reader.checksum,
+            revision=revision,
+            dry_run=revision is None,
+        )
+
     def report(phase: str, done: int, total: int) -> None:
         if progress is not None and (done % RESTORE_BATCH_SIZE == 0 or done == total):
             progress(phase, done, total)
@@ -1009,15 +1021,7 @@ def state_restore(
                 _restore_entry(entry, revision=0)
                 report("verify", done, total)
         if dry_run:
-            return RestoreResult(
-                snapshot_id=snapshot_id,
-                snapshot_revision=reader.header.revision,
-                key_count=total,
-                total_size=reader.total_size,
-                checksum=reader.checksum,
-                revision=None,
-                dry_run=True,
-            )
+            return result(reader, revision=None)
     # open_file comes first: a recorded snapshot's checksum is checked before the write lock.
     with open_file(verified=snapshot is not None) as stream, _write(actor=actor) as tx:
         reader = read(stream)
@@ -1049,15 +1053,7 @@ def state_restore(
         events.publish(events.StateReset(snapshot_id=snapshot_id, revision=revision))
     origin = f"snapshot {snapshot_id}" if snapshot_id is not None else path
     logger.info("store restored from %s at revision %s by %s", origin, revision, actor or "-")
-    return RestoreResult(
-        snapshot_id=snapshot_id,
-        snapshot_revision=reader.header.revision,
-        key_count=total,
-        total_size=reader.total_size,
-        checksum=reader.checksum,
-        revision=revision,
-        dry_run=False,
-    )
+    return result(reader, revision=revision)
 
 
 def events_compact(

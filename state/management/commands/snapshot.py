@@ -4,19 +4,10 @@ import sys
 import time
 
 from django.core.management.base import BaseCommand, CommandError, OutputWrapper
+from django.template.defaultfilters import filesizeformat
 
 from state import selectors, services
 from state.exceptions import StateError
-
-
-def human_bytes(size: int) -> str:
-    """Format a byte count for people (1.5 MiB)."""
-    amount = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if amount < 1024 or unit == "GiB":
-            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
-        amount /= 1024
-    return f"{size} B"
 
 
 class ProgressBar:
@@ -135,5 +126,5 @@ class Command(BaseCommand):
         for snap in rows:
             self.stdout.write(
                 f"{snap.pk:>6}  {snap.created_at:%Y-%m-%d %H:%M:%S}  {snap.revision:>9}  "
-                f"{snap.key_count:>9}  {human_bytes(snap.compressed_size):>10}  {snap.label}"
+                f"{snap.key_count:>9}  {filesizeformat(snap.compressed_size):>10}  {snap.label}"
             )

@@ -32,6 +32,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: every response, errors from the middleware below included, gets the correlation id.
+    "sessions_tracking.middleware.RequestTrackingMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -207,8 +209,33 @@ STATE_EXPIRE_INTERVAL_SECS = env.float("STATE_EXPIRE_INTERVAL_SECS", default=1.0
 STATE_EXPIRE_BATCH_SIZE = env.int("STATE_EXPIRE_BATCH_SIZE", default=1000)
 STATE_EVENT_COMPACT_INTERVAL_SECS = env.float("STATE_EVENT_COMPACT_INTERVAL_SECS", default=60.0)
 STATE_WORKER_TICK_SECS = env.float("STATE_WORKER_TICK_SECS", default=0.5)
+# Request and session tracking (sessions_tracking; the seed's StateSyncConfig).
+# HTTP requests write request:<id>, request:<id>:completion and session:<username>.
+STATE_TRACK_REQUESTS = env.bool("STATE_TRACK_REQUESTS", default=True)
+# WebSocket connections keep their user's session:<username> active; pings are heartbeats.
+STATE_PROPAGATE_STATE = env.bool("STATE_PROPAGATE_STATE", default=True)
+STATE_REQUEST_PREFIX = env.str("STATE_REQUEST_PREFIX", default="request:")
+STATE_SESSION_PREFIX = env.str("STATE_SESSION_PREFIX", default="session:")
 STATE_REQUEST_TTL_SECS = env.int("STATE_REQUEST_TTL_SECS", default=300)
 STATE_SESSION_TTL_SECS = env.int("STATE_SESSION_TTL_SECS", default=3600)
+# A session with no heartbeat and no request for this long turns active: false (worker).
+STATE_SESSION_IDLE_SECS = env.float("STATE_SESSION_IDLE_SECS", default=300.0)
+# Heartbeat-only refreshes of one session are written at most this often.
+STATE_SESSION_HEARTBEAT_WRITE_SECS = env.float("STATE_SESSION_HEARTBEAT_WRITE_SECS", default=30.0)
+# Paths (prefixes) never tracked: probes, metrics, static files, the event stream handshake.
+STATE_TRACKING_UNTRACKED_PATHS = env.list(
+    "STATE_TRACKING_UNTRACKED_PATHS",
+    default=["/healthz", "/readyz", "/metrics", "/static/", "/admin/jsi18n/",
+             "/api/v1/state/events"],
+)  # fmt: skip
+# The in-process buffer between requests and the background writer.
+STATE_TRACKING_BUFFER_SIZE = env.int("STATE_TRACKING_BUFFER_SIZE", default=10_000)
+STATE_TRACKING_BATCH_SIZE = env.int("STATE_TRACKING_BATCH_SIZE", default=500)
+STATE_TRACKING_FLUSH_INTERVAL_SECS = env.float("STATE_TRACKING_FLUSH_INTERVAL_SECS", default=0.2)
+# How long a clean shutdown (SIGTERM) may spend writing what is still buffered.
+STATE_TRACKING_SHUTDOWN_TIMEOUT_SECS = env.float(
+    "STATE_TRACKING_SHUTDOWN_TIMEOUT_SECS", default=5.0
+)
 # Threads per server process running Django's sync request handling (config/http.py).
 # Writes queue on one lock anyway; a few threads let reads proceed meanwhile.
 STATE_HTTP_THREADS = env.int("STATE_HTTP_THREADS", default=8)

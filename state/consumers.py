@@ -9,6 +9,8 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from sessions_tracking.middleware import connection_heartbeat
+
 from . import access, stream
 
 logger = logging.getLogger(__name__)
@@ -95,6 +97,7 @@ class StateEventsConsumer(AsyncWebsocketConsumer):
         kind = message.get("type") if isinstance(message, dict) else None
         if kind == "ping":
             self.subscription.queue({"type": "pong"})
+            connection_heartbeat(self.scope)  # the session's heartbeat (buffered, coalesced)
         elif kind == "subscribe":
             await self.subscription.subscribe(
                 prefixes=parse_prefixes(message.get("prefixes")),

@@ -11,6 +11,8 @@ from django.contrib.auth.models import AnonymousUser
 from django.urls import path
 from rest_framework.exceptions import AuthenticationFailed
 
+from sessions_tracking.middleware import ConnectionTrackingMiddleware
+
 from .api.authentication import KEYWORDS, BearerTokenAuthentication
 from .consumers import StateEventsConsumer
 
@@ -71,5 +73,8 @@ def websocket_application():
     if settings.DEBUG and not allowed:
         allowed = ["localhost", "127.0.0.1", "[::1]"]
     return BrowserOriginValidator(
-        AuthMiddlewareStack(TokenAuthMiddleware(URLRouter(websocket_urlpatterns))), allowed
+        AuthMiddlewareStack(
+            TokenAuthMiddleware(ConnectionTrackingMiddleware(URLRouter(websocket_urlpatterns)))
+        ),
+        allowed,
     )

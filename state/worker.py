@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import close_old_connections
 
+from sessions_tracking import services as tracking
+
 from . import selectors, services
 
 logger = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ class Job:
 
 
 # What a job's summary starts with when it found nothing to do.
-IDLE_RESULTS = ("expired 0 keys", "removed 0 events", "unchanged since")
+IDLE_RESULTS = ("expired 0 keys", "removed 0 events", "unchanged since", "deactivated 0 ")
 
 
 def expire_keys(should_stop: ShouldStop) -> str:
@@ -66,6 +68,11 @@ def compact_events(should_stop: ShouldStop) -> str:
     return f"removed {services.events_compact(should_stop=should_stop)} events"
 
 
+def deactivate_idle_sessions(should_stop: ShouldStop) -> str:
+    """Mark sessions with no heartbeat or request for STATE_SESSION_IDLE_SECS inactive."""
+    return f"deactivated {tracking.sessions_deactivate_idle()} idle sessions"
+
+
 JOBS: list[Job] = [
     Job("expire", expire_keys, lambda: settings.STATE_EXPIRE_INTERVAL_SECS, lease_secs=60.0),
     Job(
@@ -75,6 +82,12 @@ JOBS: list[Job] = [
         enabled=lambda: settings.STATE_PERSISTENCE_ENABLED,
     ),
     Job("compact", compact_events, lambda: settings.STATE_EVENT_COMPACT_INTERVAL_SECS),
+    Job(
+        "sessions",
+        deactivate_idle_sessions,
+        lambda: max(settings.STATE_SESSION_IDLE_SECS / 10, 1.0),
+        lease_secs=60.0,
+    ),
 ]
 
 

@@ -18,6 +18,18 @@ def _fast_password_hashing(settings) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def _tracking_off(settings) -> None:
+    """No request or session records in process unless a test asks (tests/sessions_tracking).
+
+    The product tracks by default; here the records would add keys and events to every test
+    that counts them, and the tracker's writer thread commits on its own connection, outside
+    the test's transaction.
+    """
+    settings.STATE_TRACK_REQUESTS = False
+    settings.STATE_PROPAGATE_STATE = False
+
+
 def _client(user: User | None) -> APIClient:
     client = APIClient()
     if user is not None:

@@ -109,6 +109,9 @@ def e2e_env(shared_redis, tmp_path_factory) -> Iterator[dict[str, str]]:
         STATE_STREAM_POLL_INTERVAL_SECS="0.5",
         PYTHONUNBUFFERED="1",
         STATE_SNAPSHOT_DIR=str(tmp_path_factory.mktemp("snapshots")),
+        # These streams assert exact event sequences on alice's default subscription, which
+        # her connection's own session record would join (HTTP tracking stays on).
+        STATE_PROPAGATE_STATE="false",
     )
     db = settings.DATABASES["default"]
     name = f"statehub_e2e_{os.getpid()}"

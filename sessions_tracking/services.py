@@ -213,6 +213,11 @@ class Tracker:
         thread = self._thread
         if thread is None or not thread.is_alive() or self._pid != os.getpid():
             return
+        # The interpreter is exiting: asgiref can no longer start the thread a doorbell needs
+        # (RuntimeError: cannot schedule new futures after interpreter shutdown). The doorbell
+        # is only a hint; other processes read these writes from the event log on their next
+        # poll (STATE_STREAM_POLL_INTERVAL_SECS).
+        settings.STATE_BROADCAST_CHANGES = False
         self._stopping = True
         self._wake.set()
         thread.join(settings.STATE_TRACKING_SHUTDOWN_TIMEOUT_SECS if timeout is None else timeout)

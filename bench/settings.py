@@ -26,4 +26,6 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": "WARNING"},
+    # The tracking writer's counters, logged when a server stops (bench/tracking.py reads them).
+    "loggers": {"sessions_tracking": {"level": "INFO"}},
 }

@@ -116,8 +116,8 @@ class Tracker:
         self._last_refresh = 0.0
         self._last_failure_log = 0.0
         self.counters = dict.fromkeys(
-            ("recorded", "written", "batches", "dropped", "failed", "coalesced", "skipped",
-             "conflicts", "last_batch_size", "max_batch_size"),
+            ("recorded", "written", "batches", "operations", "dropped", "failed", "coalesced",
+             "skipped", "conflicts", "last_batch_size", "max_batch_size"),
             0,
         )  # fmt: skip
 
@@ -224,6 +224,7 @@ class Tracker:
         if thread.is_alive():
             logger.warning("tracking: shutdown timed out; %d records not written",
                            len(self._buffer))  # fmt: skip
+        logger.info("tracking: stopped: %s", " ".join(f"{k}={v}" for k, v in self.stats().items()))
 
     def _use_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
         # The write path rings the stream's doorbell after commit on the event loop asgiref
@@ -310,6 +311,7 @@ class Tracker:
             c = self.counters
             c["written"] += written
             c["batches"] += 1
+            c["operations"] += len(operations)
             c["last_batch_size"] = len(operations)
             c["max_batch_size"] = max(c["max_batch_size"], len(operations))
         if failed:

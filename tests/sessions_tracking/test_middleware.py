@@ -441,3 +441,14 @@ def test_idle_sessions_turn_inactive(tracking, time_machine, settings):
     assert selectors.entry_get(key="session:busy").value["active"] is True
     # Already inactive sessions are left alone.
     assert tracking_services.sessions_deactivate_idle() == 0
+
+
+def test_settings_checks_catch_a_bad_prefix_and_a_heartbeat_above_the_idle_window(settings):
+    from sessions_tracking.checks import tracking_settings
+
+    assert tracking_settings(None) == []
+    settings.STATE_REQUEST_PREFIX = "-bad "
+    settings.STATE_SESSION_HEARTBEAT_WRITE_SECS = settings.STATE_SESSION_IDLE_SECS
+    assert [m.id for m in tracking_settings(None)] == [
+        "sessions_tracking.E001", "sessions_tracking.W001",
+    ]  # fmt: skip

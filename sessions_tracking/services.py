@@ -262,8 +262,9 @@ class Tracker:
         taken = 0
         with self._flush_lock:
             while True:
+                room = max(settings.STATE_TRACKING_BATCH_SIZE - len(self._retry), 1)
                 with self._lock:
-                    size = min(len(self._buffer), settings.STATE_TRACKING_BATCH_SIZE)
+                    size = min(len(self._buffer), room)
                     batch = [self._buffer.popleft() for _ in range(size)]
                 batch = self._retry + batch
                 self._retry = []
@@ -271,7 +272,7 @@ class Tracker:
                     return taken
                 taken += len(batch)
                 self._write_batch(batch)
-                if size < settings.STATE_TRACKING_BATCH_SIZE:
+                if size < room:
                     return taken
 
     def _write_batch(self, batch: list[_Put | _SessionUpdate]) -> None:

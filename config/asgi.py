@@ -11,11 +11,13 @@ http_application = get_http_application()
 
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 
+from sessions_tracking.lifespan import lifespan  # noqa: E402
 from state.routing import websocket_application  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": http_application,
         "websocket": websocket_application(),
+        "lifespan": lifespan,  # servers that speak it (uvicorn, granian): flush on shutdown
     }
 )

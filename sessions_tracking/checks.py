@@ -12,10 +12,11 @@ def tracking_settings(app_configs, **kwargs) -> list[checks.CheckMessage]:
     found: list[checks.CheckMessage] = []
     for name in ("STATE_REQUEST_PREFIX", "STATE_SESSION_PREFIX"):
         prefix = getattr(settings, name)
-        if not rules.KEY_PATTERN.fullmatch(prefix + "x") or len(prefix) > 100:
+        # Non-empty: a correlation id may start with "." or "-", which cannot start a key.
+        if not prefix or not rules.KEY_PATTERN.fullmatch(prefix + "x") or len(prefix) > 100:
             found.append(checks.Error(
                 f"{name}={prefix!r} cannot start a key (1-256 of A-Z a-z 0-9 _ . : @ -, "
-                "starting with a letter or digit; at most 100 here).",
+                "starting with a letter or digit; 1 to 100 here).",
                 id="sessions_tracking.E001",
             ))  # fmt: skip
     if settings.STATE_SESSION_HEARTBEAT_WRITE_SECS >= settings.STATE_SESSION_IDLE_SECS:

@@ -70,6 +70,14 @@ def test_invalid_incoming_ids_are_replaced_by_a_new_uuid(staff_client, bad):
     assert str(uuid.UUID(echoed)) == echoed
 
 
+@pytest.mark.parametrize("incoming", ["-leading-dash", ".leading.dot", "_under"])
+def test_ids_that_cannot_start_a_key_still_name_a_request_record(tracking, staff_client, incoming):
+    response = staff_client.get("/api/v1/state/global:absent", HTTP_X_CORRELATION_ID=incoming)
+    assert response[CID] == incoming
+    tracking.flush()
+    assert selectors.entry_get(key=f"request:{incoming}:completion").value["status"] == 404
+
+
 def test_longest_valid_id_is_kept(staff_client):
     longest = "a" * 128
     assert staff_client.get("/healthz", HTTP_X_CORRELATION_ID=longest)[CID] == longest
@@ -452,3 +460,6 @@ def test_settings_checks_catch_a_bad_prefix_and_a_heartbeat_above_the_idle_windo
     assert [m.id for m in tracking_settings(None)] == [
         "sessions_tracking.E001", "sessions_tracking.W001",
     ]  # fmt: skip
+    settings.STATE_REQUEST_PREFIX = ""
+    settings.STATE_SESSION_HEARTBEAT_WRITE_SECS = 1
+    assert [m.id for m in tracking_settings(None)] == ["sessions_tracking.E001"]

@@ -463,3 +463,29 @@ def test_settings_checks_catch_a_bad_prefix_and_a_heartbeat_above_the_idle_windo
     settings.STATE_REQUEST_PREFIX = ""
     settings.STATE_SESSION_HEARTBEAT_WRITE_SECS = 1
     assert [m.id for m in tracking_settings(None)] == ["sessions_tracking.E001"]
+
+
+def test_a_session_write_that_loses_a_race_is_merged_again_and_retried(tracking, db):
+    from sessions_tracking import services as tracking_services
+
+    class RacedTracker(tracking_services.Tracker):
+        """Another process writes the session between this batch's read and its write."""
+
+        raced = False
+
+        def _operations(self, batch):
+            operations = super()._operations(batch)
+            if not self.raced:
+                self.raced = True
+                services.state_set(key="session:alice", value={"last_heartbeat": "elsewhere"})
+            return operations
+
+    raced = RacedTracker(background=False)
+    raced.update_session(username="alice", fields={"correlation_id": "mine"}, heartbeat=False)
+    raced.flush()
+    assert raced.stats()["conflicts"] == 1
+    assert selectors.entry_get(key="session:alice").value == {"last_heartbeat": "elsewhere"}
+    raced.flush()  # the next batch reads the new value and merges into it
+    value = selectors.entry_get(key="session:alice").value
+    assert (value["correlation_id"], value["last_heartbeat"]) == ("mine", "elsewhere")
+    assert raced.stats()["failed"] == 0

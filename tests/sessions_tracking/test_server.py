@@ -241,23 +241,23 @@ def test_sigterm_flushes_the_buffer_and_sigkill_loses_it(serve, template, server
 
 def test_store_unavailable_for_writes_while_requests_are_still_served(serve, template):
     staff = template[1]["t-staff"]
-    server = serve(STATE_TRACKING_FLUSH_INTERVAL_SECS="0.05", SQLITE_BUSY_TIMEOUT_SECS="1")
+    server = serve(STATE_TRACKING_FLUSH_INTERVAL_SECS="0.05", SQLITE_BUSY_TIMEOUT_SECS="2")
     server.get("/api/v1/state/global:seeded", staff, **{"X-Request-ID": "before"})
     server.wait_stored("request:before:completion")
 
-    # Another connection holds the write lock: every tracking write fails (after 1 s), while
+    # Another connection holds the write lock: every tracking write fails (after 2 s), while
     # reads (WAL) go on. The requests must be served, and not wait for the tracking writes.
     blocker = sqlite3.connect(server.db, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
     try:
         timings = []
-        deadline = time.monotonic() + 3
+        deadline = time.monotonic() + 4
         while time.monotonic() < deadline:
             began = time.monotonic()
             status, _, body = server.get("/api/v1/state/global:seeded", staff)
             timings.append(time.monotonic() - began)
             assert (status, body["data"]["value"]) == (200, {"n": 1})
-        assert len(timings) >= 5 and max(timings) < 0.9, timings
+        assert len(timings) >= 5 and max(timings) < 1.5, timings
         log = server.log.read_text()
         assert "tracking:" in log and "not written (OperationalError" in log, log
     finally:

@@ -27,6 +27,19 @@ def incoming_id(candidates: list[str | None]) -> str:
     return correlation.accept(None)
 
 
+def _headers(meta: dict) -> dict[str, str]:
+    """Return the request headers by name, as `request.headers` would (without building it)."""
+    headers = {
+        name[5:].replace("_", "-").title(): value
+        for name, value in meta.items()
+        if name.startswith("HTTP_")
+    }
+    for name in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+        if meta.get(name):
+            headers[name.replace("_", "-").title()] = meta[name]
+    return headers
+
+
 def _username(request: HttpRequest) -> str | None:
     # DRF sets request.user on the Django request when it authenticates (token or session).
     user = getattr(request, "user", None)
@@ -66,7 +79,7 @@ class RequestTrackingMiddleware:
             uri, headers = redaction.redact_request(
                 path=request.path,
                 query=request.META.get("QUERY_STRING", ""),
-                headers=dict(request.headers),
+                headers=_headers(request.META),
             )
             services.request_started(
                 correlation_id=correlation_id, method=request.method or "", uri=uri,

@@ -131,9 +131,8 @@ class Tracker:
                 return
             self._buffer.append(item)
             self.counters["recorded"] += 1
-        if self._loop is None:
-            self._loop = _serving_loop()
         if self.background and (self._thread is None or self._pid != os.getpid()):
+            self._loop = _serving_loop()
             self._start()
 
     def skip(self) -> None:

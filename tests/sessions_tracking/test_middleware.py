@@ -11,6 +11,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from sessions_tracking import correlation, redaction
+from sessions_tracking import services as tracking_services
 from sessions_tracking.services import parse_iso
 from state import selectors, services
 from state.models import StateEntry, StateEvent
@@ -183,6 +184,7 @@ def test_many_requests_are_written_in_one_batch(tracking, staff_client):
     assert stats["batches"] == 1
     assert stats["written"] == stats["last_batch_size"] == stats["max_batch_size"] == 41
     assert (stats["dropped"], stats["failed"], stats["buffered"]) == (0, 0, 0)
+    assert tracking_services.stats() == stats  # what the metrics export reads
     assert len(entries("request:")) == 40
     assert StateEvent.objects.filter(key="session:staffer").count() == 1
 
@@ -379,8 +381,6 @@ def test_oversized_headers_are_truncated_not_refused(tracking, staff_client):
 
 
 def test_heartbeat_refreshes_are_coalesced(tracking, user, settings):
-    from sessions_tracking import services as tracking_services
-
     settings.STATE_SESSION_HEARTBEAT_WRITE_SECS = 30
     for _ in range(5):
         tracking_services.session_heartbeat(username="alice")
@@ -412,8 +412,6 @@ def test_heartbeat_refreshes_are_coalesced(tracking, user, settings):
 
 
 def test_updates_from_two_processes_merge_instead_of_overwriting(tracking, user_client):
-    from sessions_tracking import services as tracking_services
-
     response = user_client.get("/api/v1/state/global:absent")
     other = tracking_services.Tracker(background=False)
     other.connection_opened("alice")
@@ -425,7 +423,6 @@ def test_updates_from_two_processes_merge_instead_of_overwriting(tracking, user_
 
 
 def test_idle_sessions_turn_inactive(tracking, time_machine, settings):
-    from sessions_tracking import services as tracking_services
     from state import worker
 
     settings.STATE_SESSION_IDLE_SECS = 60
@@ -466,8 +463,6 @@ def test_settings_checks_catch_a_bad_prefix_and_a_heartbeat_above_the_idle_windo
 
 
 def test_a_session_write_that_loses_a_race_is_merged_again_and_retried(tracking, db):
-    from sessions_tracking import services as tracking_services
-
     class RacedTracker(tracking_services.Tracker):
         """Another process writes the session between this batch's read and its write."""
 

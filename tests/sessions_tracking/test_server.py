@@ -179,7 +179,8 @@ def test_sessions_and_heartbeats_through_a_real_websocket(serve, template):
         moments = [parse_iso(beat) for beat in [first_beat, *beats]]
         assert moments == sorted(moments) and len(set(moments)) == len(moments)
         stored = server.stored("session:alice")["session:alice"]
-        assert stored["last_heartbeat"] == beats[-1] and stored["active"] is True
+        # (a periodic refresh may have landed since the last pong)
+        assert parse_iso(stored["last_heartbeat"]) >= moments[-1] and stored["active"] is True
 
         # Request records are for staff only: alice cannot subscribe to them...
         alice.send(json.dumps({"type": "subscribe", "prefixes": ["request:"]}))

@@ -268,3 +268,12 @@ def test_store_unavailable_for_writes_while_requests_are_still_served(serve, tem
     # The store is back: tracking writes again, without a restart.
     server.get("/api/v1/state/global:seeded", staff, **{"X-Request-ID": "after"})
     assert server.wait_stored("request:after:completion")["status"] == 200
+
+
+def test_a_websocket_keeps_its_incoming_correlation_id_on_uvicorn(serve, template):
+    pytest.importorskip("uvicorn", reason="uvicorn comes with the server extra")
+    server = serve("uvicorn", STATE_PROPAGATE_STATE="false")
+    with server.ws(template[1]["alice"], **{"X-Correlation-ID": "ws-conn-1"}) as alice:
+        # daphne drops headers of the ASGI accept message; uvicorn sends them.
+        assert alice.response.headers["X-Correlation-ID"] == "ws-conn-1"
+        assert receive(alice)["type"] == "subscribed"

@@ -315,7 +315,7 @@ class Tracker:
             c["last_batch_size"] = len(operations)
             c["max_batch_size"] = max(c["max_batch_size"], len(operations))
         if failed:
-            self._failed(failed, results[0].error if results else None)
+            self._failed(failed, next(r.error for r in results if r.error is not None))
 
     def _failed(self, count: int, exc: BaseException | None) -> None:
         with self._lock:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from django.conf import settings
 from django.db import connection
 
-from .. import rules
+from .. import crypto, rules
 from ..exceptions import (
     CasFailed,
     NotANumber,
@@ -72,6 +72,7 @@ def _put(
     expires_at: datetime | None,
     source: str,
 ) -> StateEntry:
+    value = crypto.seal(key, value)  # crypto: the entry and its event store the sealed form
     revision = tx.next_revision()
     if entry is None:
         old_value = None
@@ -274,16 +275,17 @@ class CasRequest:
 
     def apply(self, tx: _Transaction) -> CasResult:
         entry = _live_entry(tx, self.key)
+        current = crypto.unseal(self.key, entry.value) if entry else None  # crypto: compare plain
         if self.expected_version is not None:
             matches = (entry.version if entry else 0) == self.expected_version
         elif self.expected is None:
             matches = entry is None
         else:
-            matches = entry is not None and rules.json_equal(entry.value, self.expected)
+            matches = entry is not None and rules.json_equal(current, self.expected)
         if not matches:
             raise CasFailed(
                 f"Key '{self.key}' does not hold the expected value.",
-                current=entry.value if entry else None,
+                current=current,
                 version=entry.version if entry else 0,
             )
         if self.new_value is None:
@@ -339,7 +341,7 @@ def state_incr(
         if entry is None:
             value, expires_at, metadata = by, _expiry(tx, ttl), None
         else:
-            current = entry.value
+            current = crypto.unseal(key, entry.value)  # crypto: add to the plain value
             if isinstance(current, bool) or not isinstance(current, int):
                 raise NotANumber(
                     f"Key '{key}' holds a {type(current).__name__}, not an integer.",

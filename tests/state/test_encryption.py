@@ -391,3 +391,18 @@ def test_encryption_error_is_a_server_error_not_a_leak(encrypted, db):
     with pytest.raises(EncryptionError, match="cannot be decrypted") as raised:
         crypto.unseal(entry.key, entry.value)
     assert PLAIN not in raised.value.message
+
+
+def test_a_plain_key_may_hold_a_value_shaped_like_a_sealed_one(encrypted, staff_client):
+    lookalike = {"$fernet": "gAAAAAnot-a-token"}
+    staff_client.put(f"{URL}/public:look", {"value": lookalike}, format="json")
+    assert staff_client.get(f"{URL}/public:look").json()["data"]["value"] == lookalike
+    encrypted.STATE_ENCRYPTION_KEYS = []  # nor does it need any key
+    encrypted.STATE_ENCRYPTED_PREFIXES = []
+    assert staff_client.get(f"{URL}/public:look").json()["data"]["value"] == lookalike
+    # Under an encrypted prefix it is just a value like any other: sealed, and given back.
+    encrypted.STATE_ENCRYPTED_PREFIXES = ["secret:"]
+    encrypted.STATE_ENCRYPTION_KEYS = [KEY_A]
+    staff_client.put(f"{URL}/secret:look", {"value": lookalike}, format="json")
+    assert staff_client.get(f"{URL}/secret:look").json()["data"]["value"] == lookalike
+    assert "not-a-token" not in raw_entries()["secret:look"]

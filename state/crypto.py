@@ -6,14 +6,18 @@ The key is inside the token so a sealed value only opens under its own key: a ci
 copied onto another key in the database is refused, not served to that key's readers.
 
 Where it is called (the storage boundary), and nowhere else:
-- written: `seal()` where an entry's value is stored (the write path's `_put`); event rows
-  take the same stored form, and removals and expiry copy it from the entry, never decrypt.
-  A restore keeps a snapshot's sealed values (`for_restore`, which checks they open).
-- read: `unseal()` where a value leaves for a caller who passed the access check: the API
-  serializers, the stream's frames (`events.event_from_row`), CAS and incr on the write path
-  (they compare and add decrypted values), and error details shown to the writer.
-Model instances always hold the stored form, so a value is decrypted exactly once, on its way
-out. Keys, metadata, versions and sizes are not encrypted.
+- written: `seal_text()` where the write path encodes a value (`SetOp`/`CasOp.clean`, before
+  any lock, and `IncrOp`); event rows take the same stored text, and removals and expiry copy
+  it from the entry, never decrypt. A restore keeps a snapshot's sealed values
+  (`for_restore`, which checks they open); `rotated()` re-seals for `rotate_keys`.
+- read: `unseal()` where a stored value is decoded: the write path's `Row.value` (so CAS
+  compares and incr adds plain values, and error details show them) and the selectors that
+  hand out entries and events (`entry_get`, `entries_get_many`, `entries_list`,
+  `key_history`, `events_after`, which feeds the stream's frames).
+So every entry or event a service or selector returns holds the plain value, exactly once
+decrypted, and the interfaces (API, stream, which check access first) never see ciphertext.
+The raw stored form is only in the database, in snapshot files (the dump copies the column
+text) and in `rotate_keys`. Keys, metadata, versions and sizes are not encrypted.
 """
 
 import functools
@@ -59,13 +63,20 @@ def _keys() -> tuple[MultiFernet, Fernet]:
     return _fernets(keys)
 
 
+def seal_text(key: str, text: str | None) -> str | None:
+    """Return the stored JSON text for a value's JSON `text` under `key` (sealed if encrypted)."""
+    if text is None or not encrypted(key):
+        return text
+    multi, _ = _keys()
+    token = multi.encrypt(key.encode() + _SEP + text.encode()).decode()
+    return rules.encode_value({MARK: token})
+
+
 def seal(key: str, value: Any) -> Any:
     """Return the stored form of `value` under `key`: sealed if the key is encrypted."""
     if value is None or not encrypted(key):
         return value
-    multi, _ = _keys()
-    plaintext = key.encode() + _SEP + rules.encode_value(value).encode()
-    return {MARK: multi.encrypt(plaintext).decode()}
+    return json.loads(seal_text(key, rules.encode_value(value)))  # type: ignore[arg-type]
 
 
 def _open(key: str, stored: dict[str, str]) -> Any:

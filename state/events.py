@@ -17,8 +17,6 @@ from asgiref.sync import SyncToAsync, async_to_sync
 from django.conf import settings
 from django.db import transaction
 
-from . import crypto
-
 if TYPE_CHECKING:
     from .models import StateEvent
 
@@ -136,12 +134,11 @@ def event_from_row(row: "StateEvent") -> Event:
     if row.op == "restore":
         snapshot_id = (row.new_value or {}).get("snapshot_id")
         return StateReset(snapshot_id=snapshot_id, revision=row.revision)
-    old_value, new_value = crypto.unseal_event(row.key, row.op, row.old_value, row.new_value)
     return StateChange(
         op=row.op,  # type: ignore[arg-type]
         key=row.key,
-        old_value=old_value,
-        new_value=new_value,
+        old_value=row.old_value,
+        new_value=row.new_value,
         version=row.version,
         revision=row.revision,
         timestamp=row.timestamp.timestamp(),

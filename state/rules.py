@@ -52,20 +52,26 @@ def encode_value(value: Any) -> str:
 
 def value_size(value: Any) -> int:
     """Return the serialized size of a storable value; raise if it is not storable."""
+    return encode_storable(value)[1]
+
+
+def encode_storable(value: Any) -> tuple[str, int]:
+    """Return a storable value's stored JSON text and its size in bytes; raise if not storable."""
     if value is None:
         raise ValidationFailed("A value cannot be null; delete the key instead.", field="value")
     check_depth(value)
     try:
-        size = len(encode_value(value).encode())
+        text = encode_value(value)
     except (TypeError, ValueError) as exc:
         raise ValidationFailed(f"The value is not valid JSON: {exc}", field="value") from exc
+    size = len(text.encode())
     if size > settings.STATE_MAX_VALUE_BYTES:
         raise ValueTooLarge(
             f"The value is {size} bytes; the limit is {settings.STATE_MAX_VALUE_BYTES}.",
             size=size,
             limit=settings.STATE_MAX_VALUE_BYTES,
         )
-    return size
+    return text, size
 
 
 def storable_text(text: str) -> bool:

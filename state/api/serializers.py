@@ -3,7 +3,6 @@
 from drf_spectacular.utils import inline_serializer
 from rest_framework import serializers
 
-from state import crypto
 from state.models import Snapshot, StateEvent
 
 
@@ -125,7 +124,7 @@ class EntrySerializer(serializers.Serializer):
         # deep-copies every field per serializer) was a tenth of a GET's CPU in the bench.
         data = {
             "key": instance.key,
-            "value": crypto.unseal(instance.key, instance.value),
+            "value": instance.value,
             "version": instance.version,
             "revision": instance.revision,
             "created_at": _DATETIME.to_representation(instance.created_at),
@@ -150,13 +149,6 @@ class EventSerializer(serializers.ModelSerializer):
             "revision", "key", "op", "old_value", "new_value", "version", "source", "actor",
             "timestamp",
         ]  # fmt: skip
-
-    def to_representation(self, instance):
-        data = super().to_representation(instance)
-        data["old_value"], data["new_value"] = crypto.unseal_event(
-            instance.key, instance.op, data["old_value"], data["new_value"]
-        )
-        return data
 
 
 def enveloped(name: str, data) -> serializers.Serializer:

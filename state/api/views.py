@@ -11,7 +11,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from state import access, crypto, selectors, services, snapshots
+from state import access, selectors, services, snapshots
 from state.exceptions import NotFound, PermissionDenied, StateError, ValidationFailed
 
 from . import serializers as s
@@ -314,7 +314,7 @@ class StateViewSet(viewsets.ViewSet):
             source=body.get("source", "api"),
             actor=actor(request),
         )
-        return ok({"value": crypto.unseal(entry.key, entry.value), "version": entry.version})
+        return ok({"value": entry.value, "version": entry.version})
 
     @extend_schema(
         request=s.BulkInput,

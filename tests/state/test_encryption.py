@@ -262,7 +262,7 @@ def test_snapshot_file_holds_ciphertext_and_restore_keeps_it(encrypted, db, snap
     stored = raw_entries()["secret:snap"]
     assert PLAIN not in stored and crypto.is_sealed(json.loads(stored))
     entry = selectors.entry_get(key="secret:snap")
-    assert crypto.unseal(entry.key, entry.value) == {"password": PLAIN}
+    assert entry.value == {"password": PLAIN}
     assert entry.size == len(json.dumps({"password": PLAIN}, separators=(",", ":")))
 
 
@@ -287,7 +287,7 @@ def test_restoring_a_plain_snapshot_seals_its_encrypted_keys(settings, db, snaps
     services.state_restore(snapshot_id=snapshot.pk)
     assert PLAIN not in raw_entries()["secret:old"]
     entry = selectors.entry_get(key="secret:old")
-    assert crypto.unseal(entry.key, entry.value) == PLAIN
+    assert entry.value == PLAIN
 
 
 # --- rotation -----------------------------------------------------------------------------
@@ -338,7 +338,7 @@ def test_rotate_keys_seals_values_written_before_their_prefix_was_encrypted(sett
     assert (result.entries, result.events, result.remaining) == (1, 1, 0)
     assert PLAIN not in raw_text()
     entry = selectors.entry_get(key="secret:legacy")
-    assert crypto.unseal(entry.key, entry.value) == PLAIN
+    assert entry.value == PLAIN
 
 
 def test_rotate_keys_refuses_without_encrypted_prefixes(db):

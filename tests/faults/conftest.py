@@ -310,7 +310,12 @@ class Faults:
                 connection = http.client.HTTPConnection("127.0.0.1", process.port, timeout=1)
                 connection.request("GET", "/healthz")
                 if connection.getresponse().status == 200:
-                    return
+                    # Still ours? A daphne that lost the port race exits, and then another
+                    # process's server would be the one answering.
+                    time.sleep(0.3)
+                    if process.alive:
+                        return
+                    raise RuntimeError(f"daphne exited: {process.log.read_text()}")
             except OSError:
                 time.sleep(0.1)
         raise RuntimeError(f"daphne on port {process.port} did not become ready")

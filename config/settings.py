@@ -219,6 +219,12 @@ STATE_GROUP_COMMIT_MAX_KEYS = env.int("STATE_GROUP_COMMIT_MAX_KEYS", default=200
 # How long a process may reuse a token's user before looking it up again (revocation delay).
 STATE_TOKEN_CACHE_SECS = env.float("STATE_TOKEN_CACHE_SECS", default=2.0)
 
+# Encryption at rest (state/crypto.py): values of keys under these prefixes are stored as
+# Fernet tokens. Keys: comma-separated Fernet keys, newest first (the first encrypts, all
+# decrypt); rotate by prepending a key, then `manage.py rotate_keys`. Checked at start-up.
+STATE_ENCRYPTED_PREFIXES = env.list("STATE_ENCRYPTED_PREFIXES", default=[])
+STATE_ENCRYPTION_KEYS = env.list("STATE_ENCRYPTION_KEYS", default=[])
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -16,7 +16,7 @@ from django.db.models.functions import Cast
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from . import snapshots
+from . import crypto, snapshots
 from .exceptions import InvalidSnapshot, NotFound, ValidationFailed
 from .models import Snapshot, StateEntry, StateEvent, StoreRevision, snapshot_storage
 from .rules import KEY_PATTERN
@@ -29,6 +29,20 @@ def _live(now: datetime | None = None) -> QuerySet[StateEntry]:
 
 def _is_live(entry: StateEntry, now: datetime) -> bool:
     return entry.expires_at is None or entry.expires_at > now
+
+
+def _plain(entry: StateEntry) -> StateEntry:
+    """Decrypt an entry's value in place (encryption at rest: state/crypto.py)."""
+    entry.value = crypto.unseal(entry.key, entry.value)
+    return entry
+
+
+def _plain_event(event: StateEvent) -> StateEvent:
+    """Decrypt an event row's old and new values in place."""
+    event.old_value, event.new_value = crypto.unseal_event(
+        event.key, event.op, event.old_value, event.new_value
+    )
+    return event
 
 
 # --- entry rows by key, raw --------------------------------------------------------------
@@ -77,17 +91,17 @@ def entry_get(*, key: str) -> StateEntry | None:
     expires_at = read_datetime(expires)
     if expires_at is not None and expires_at <= timezone.now():
         return None
-    return StateEntry(
+    return _plain(StateEntry(
         key=key, value=json.loads(value), metadata=json.loads(metadata), version=version,
         revision=revision, created_at=read_datetime(created), updated_at=read_datetime(updated),
         expires_at=expires_at, source=source, size=size,
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 def entries_get_many(*, keys: list[str]) -> dict[str, StateEntry | None]:
     """Return each key's live entry (or None), in the order asked, with one query."""
     now = timezone.now()
-    found = {e.key: e for e in StateEntry.objects.filter(key__in=keys) if _is_live(e, now)}
+    found = {e.key: _plain(e) for e in StateEntry.objects.filter(key__in=keys) if _is_live(e, now)}
     return {key: found.get(key) for key in keys}
 
 
@@ -201,7 +215,7 @@ def entries_list(
     matching, page, limit = _entries_page(
         prefix=prefix, readable=readable, limit=limit, cursor=cursor
     )
-    entries = list(page[: limit + 1])
+    entries = [_plain(entry) for entry in page[: limit + 1]]
     return _page(entries, total=matching.count(), limit=limit, last_key=lambda e: e.key), revision
 
 
@@ -214,7 +228,7 @@ def key_history(*, key: str, limit: int | None = None, cursor: str | None = None
         if not before.isdigit():
             raise ValidationFailed("The cursor is not valid.", field="cursor")
         events = events.filter(revision__lt=int(before))
-    items = list(events[: limit + 1])
+    items = [_plain_event(event) for event in events[: limit + 1]]
     return _page(items, total=StateEvent.objects.filter(key=key).count(), limit=limit,
                  last_key=lambda event: event.revision)  # fmt: skip
 
@@ -272,7 +286,7 @@ def events_after(
         for prefix in prefixes:
             wanted |= Q(key__startswith=prefix)
         rows = rows.filter(wanted)
-    return list(rows[:limit])
+    return [_plain_event(row) for row in rows[:limit]]
 
 
 def event_log_oldest_revision() -> int | None:

@@ -30,7 +30,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from .. import events, rules, selectors
+from .. import crypto, events, rules, selectors
 from ..exceptions import StateError
 from ..models import StateEntry, StateEvent
 
@@ -137,7 +137,7 @@ class Row:
     @property
     def value(self) -> Any:
         if self.decoded is rules.MISSING:
-            self.decoded = json.loads(self.text)
+            self.decoded = crypto.unseal(self.key, json.loads(self.text))  # crypto: plain value
         return self.decoded
 
     def entry(self) -> StateEntry:

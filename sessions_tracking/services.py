@@ -41,6 +41,7 @@ ACTOR = "tracking"
 FAILURE_LOG_INTERVAL_SECS = 10.0
 # A session update that keeps conflicting with other writers is given up after this many tries.
 MAX_SESSION_ATTEMPTS = 3
+BACKOFF_MAX_SECS = 10.0
 SESSION_FIELDS = ("last_request", "correlation_id", "active", "last_heartbeat")
 
 
@@ -115,6 +116,10 @@ class Tracker:
         self._heartbeat_written: dict[str, float] = {}
         self._last_refresh = 0.0
         self._last_failure_log = 0.0
+        # After a failed batch the writer waits longer before the next (up to BACKOFF_MAX_SECS):
+        # while the store is down each attempt holds the process's group commit for a whole
+        # pool timeout, delaying the requests' own writes (and their 503s).
+        self._backoff = 0.0
         self.counters = dict.fromkeys(
             ("recorded", "written", "batches", "operations", "dropped", "failed", "coalesced",
              "skipped", "conflicts", "last_batch_size", "max_batch_size"),
@@ -198,7 +203,7 @@ class Tracker:
 
     def _run(self) -> None:
         while True:
-            self._wake.wait(settings.STATE_TRACKING_FLUSH_INTERVAL_SECS)
+            self._wake.wait(settings.STATE_TRACKING_FLUSH_INTERVAL_SECS + self._backoff)
             stopping = self._stopping
             if not stopping:
                 self._refresh_open_connections()
@@ -285,6 +290,7 @@ class Tracker:
                 operations=operations, atomic=False, source=SOURCE, actor=ACTOR
             )
         except Exception as exc:  # noqa: BLE001 - the store is down: count, log, go on
+            self._backoff = min(max(2 * self._backoff, 2.0), BACKOFF_MAX_SECS)
             self._failed(len(batch), exc)
             if self.background:
                 connection.close()  # a broken connection is not reused
@@ -292,6 +298,7 @@ class Tracker:
         finally:
             if self.background:
                 close_old_connections()
+        self._backoff = 0.0
         written = failed = 0
         for result in results:
             if result.error is None:

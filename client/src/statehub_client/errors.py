@@ -76,7 +76,11 @@ class ValidationError(ApiError):
     @property
     def fields(self) -> dict[str, list[str]]:
         """The refused fields and why: `{name: [messages]}`."""
-        return self.details.get("fields", {})
+        if "fields" in self.details:
+            return self.details["fields"]
+        # Servers before the strict envelope named one field as `details.field`.
+        field = self.details.get("field")
+        return {field: [self.message]} if isinstance(field, str) else {}
 
 
 class ValueTooLarge(ApiError):

@@ -9,6 +9,7 @@ servers, which must not disturb the other end-to-end tests' store.
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,7 +25,6 @@ from tests.e2e.conftest import (
     ROOT,
     SEED_USERS,
     _admin_execute,
-    _free_port,
     _is_postgres,
     _manage,
     _postgres_url,
@@ -76,13 +76,21 @@ def new_store(name: str, directory: Path) -> Iterator[Store]:
             _admin_execute(db, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
+def _os_port() -> int:
+    """A port the OS says is free, outside the range other test runs on this machine probe."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 class ServerProcess:
     """One daphne process that a test may kill, freeze and start again on the same port."""
 
     def __init__(self, store: Store, log_dir: Path, **environment: str) -> None:
         self.env = {**store.env, **environment}
+        self.token = store.staff_token
         self.log_dir = log_dir
-        self.port = _free_port(set())
+        self.port = _os_port()
         self.process: subprocess.Popen | None = None
 
     @property
@@ -92,11 +100,25 @@ class ServerProcess:
     def start(self) -> "ServerProcess":
         log = self.log_dir / f"daphne-{self.port}.log"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-             "config.asgi:application"],
-            cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=log.open("a"),
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "config.asgi:application",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=log.open("a"),
+        )
         _wait_ready(self.process, self.port, log)
+        # Ready, but is it ours? Another run's server on this port would not know our token.
+        with Client(self.url, self.token) as client:
+            client.stats()
         return self
 
     def kill(self) -> None:

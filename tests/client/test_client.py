@@ -85,8 +85,12 @@ def test_mget_bulk_metadata_stats_history(staff):
     assert [r.ok for r in results] == [True, False, True]
     assert isinstance(results[1].error, sh.CasFailed) and results[1].error.current == 1
     with pytest.raises(sh.CasFailed) as atomic:
-        staff.bulk([{"op": "set", "key": "cl:b2", "value": 1},
-                    {"op": "cas", "key": "cl:b1", "expected": "no", "new_value": 1}])  # fmt: skip
+        staff.bulk(
+            [
+                {"op": "set", "key": "cl:b2", "value": 1},
+                {"op": "cas", "key": "cl:b1", "expected": "no", "new_value": 1},
+            ]
+        )
     assert atomic.value.details["index"] == 1
     with pytest.raises(sh.NotFound):
         staff.get("cl:b2")  # nothing applied
@@ -151,8 +155,15 @@ def test_error_envelope_details_reach_rate_limited_and_unavailable():
     import httpx
 
     request = httpx.Request("GET", "http://127.0.0.1/api/v1/state/x")
-    limited = httpx.Response(429, request=request, headers={"Retry-After": "3"}, json={
-        "success": False, "error": {"code": "rate_limited", "message": "slow", "details": {}}})  # fmt: skip
+    limited = httpx.Response(
+        429,
+        request=request,
+        headers={"Retry-After": "3"},
+        json={
+            "success": False,
+            "error": {"code": "rate_limited", "message": "slow", "details": {}},
+        },
+    )
     with pytest.raises(sh.RateLimited) as caught:
         sh.client._read(limited, sh.client._Call("GET", "/x"))
     assert caught.value.retry_after == 3.0

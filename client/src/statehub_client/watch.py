@@ -254,7 +254,7 @@ class Watch(_Base):
 
         url = _url(self.client, self.prefixes, self.revision)
         try:
-            self._ws = connect(url, **self._options())
+            self._ws = connect(url, **self._options()).__enter__()  # the form every version takes
         except _CONNECT_ERRORS as exc:
             try:
                 reason = _refused(exc)

@@ -367,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         parser.error(str(exc))
     except errors.StatehubError as exc:
-        print(f"statehub: {exc}", file=sys.stderr)
+        details = getattr(exc, "details", None)
+        print(f"statehub: {exc}" + (f" {_dump(details)}" if details else ""), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

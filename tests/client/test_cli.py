@@ -1,5 +1,6 @@
 """The `statehub` command, run as a real process against real servers."""
 
+import io
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ from datetime import datetime
 import pytest
 
 from statehub_client import Client
+from statehub_client.cli import main
 
 from .conftest import ROOT, new_store
 
@@ -41,56 +43,67 @@ def statehub(server, token, *args: str, stdin: str | None = None, check: int | N
     return done
 
 
-def test_every_command_has_help(server):
+def cli(server, token, *args: str, stdin: str | None = None, check: int = 0):
+    """Run the command in this process (what `statehub` runs); return (stdout, stderr)."""
+    options = ["--url", server.url] + (["--token", token] if token else [])
+    saved = sys.stdin
+    sys.stdin = io.StringIO(stdin or "")
+    try:
+        code = main([*options, *args])
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        sys.stdin = saved
+    return code
+
+
+def test_every_command_has_help(server, capsys):
     for command in COMMANDS:
-        done = statehub(server, None, command, "--help")
-        assert done.stdout.startswith(f"usage: statehub {command}")
-    assert "version_conflict" in statehub(server, None, "--help").stdout  # the exit codes
+        assert cli(server, None, command, "--help") == 0
+        assert capsys.readouterr().out.startswith(f"usage: statehub {command}")
+    assert cli(server, None, "--help") == 0
+    assert "version_conflict" in capsys.readouterr().out  # the exit codes
 
 
-def test_get_put_del_cas_incr_keys_and_their_exit_codes(server, store, tmp_path):
+def test_get_put_del_cas_incr_keys_and_their_exit_codes(server, store, tmp_path, capsys):
     token = store.staff_token
-    put = json.loads(statehub(server, token, "put", "cli:a", '{"n": 1}', "--meta", "o=t").stdout)
+
+    def out(*args: str, stdin: str | None = None, check: int = 0):
+        assert cli(server, token, *args, stdin=stdin) == check
+        printed = capsys.readouterr()
+        return json.loads(printed.out) if check == 0 and printed.out else printed.err
+
+    put = out("put", "cli:a", '{"n": 1}', "--meta", "o=t")
     assert (put["value"], put["version"], put["metadata"]) == ({"n": 1}, 1, {"o": "t"})
     (tmp_path / "v.json").write_text('[1, "two"]')
-    statehub(server, token, "put", "cli:b", "--file", str(tmp_path / "v.json"), "--ttl", "60")
-    statehub(server, token, "put", "cli:c", stdin='"from stdin"')
-    statehub(server, token, "put", "cli:d", "plain words", "--string")
-    assert json.loads(statehub(server, token, "get", "cli:b").stdout) == [1, "two"]
-    assert json.loads(statehub(server, token, "get", "cli:c").stdout) == "from stdin"
-    entry = json.loads(statehub(server, token, "get", "cli:d", "--entry").stdout)
+    out("put", "cli:b", "--file", str(tmp_path / "v.json"), "--ttl", "60")
+    out("put", "cli:c", stdin='"from stdin"')
+    out("put", "cli:d", "plain words", "--string")
+    assert out("get", "cli:b") == [1, "two"]
+    assert out("get", "cli:c") == "from stdin"
+    entry = out("get", "cli:d", "--entry")
     assert (entry["value"], entry["metadata"]) == ("plain words", {})
-    assert statehub(server, token, "keys", "cli:").stdout.split() == [
-        "cli:a",
-        "cli:b",
-        "cli:c",
-        "cli:d",
-    ]
+    assert cli(server, token, "keys", "cli:") == 0
+    assert capsys.readouterr().out.split() == ["cli:a", "cli:b", "cli:c", "cli:d"]
 
-    swapped = statehub(server, token, "cas", "cli:n", "5", "--expected", "null")
-    assert json.loads(swapped.stdout) == {"swapped": True, "version": 1}
-    assert statehub(server, token, "incr", "cli:n", "3").stdout.strip() == "8"
-    statehub(server, token, "del", "cli:a")
+    assert out("cas", "cli:n", "5", "--expected", "null") == {"swapped": True, "version": 1}
+    assert out("incr", "cli:n", "3") == 8
+    assert out("del", "cli:a") == {"key": "cli:a", "deleted": True}
 
-    assert statehub(server, token, "get", "cli:a", check=3).stderr.startswith("statehub: not_found")
-    assert (
-        "current"
-        in statehub(server, token, "cas", "cli:n", "1", "--expected", "5", check=10).stderr
-    )
-    statehub(server, token, "put", "cli:n", "1", "--expected-version", "9", check=9)
-    statehub(server, token, "incr", "cli:d", check=11)
-    statehub(server, token, "put", "cli:x", "not json", check=2)
-    statehub(server, store.tokens["alice"], "put", "global:x", "1", check=5)
-    statehub(server, "wrong", "get", "global:x", check=4)
-    statehub(server, None, "get", "global:x", check=2)
-    unreachable = subprocess.run(
-        [sys.executable, "-m", "statehub_client", "--url", "http://127.0.0.1:9", "get", "k"],
-        env=_env(server.url, token),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert unreachable.returncode == 17, unreachable.stderr
+    assert out("get", "cli:a", check=3).startswith("statehub: not_found")
+    assert '"current":8' in out("cas", "cli:n", "1", "--expected", "5", check=10)
+    assert '"current_version":2' in out("put", "cli:n", "1", "--expected-version", "9", check=9)
+    out("incr", "cli:d", check=11)
+    out("put", "cli:x", "not json", check=2)
+    assert cli(server, store.tokens["alice"], "put", "global:x", "1") == 5
+    assert cli(server, "wrong", "get", "global:x") == 4
+    assert cli(server, None, "get", "global:x") == 2
+    assert main(["--url", "http://127.0.0.1:9", "--token", token, "get", "k"]) == 17
+
+    # The same through a real process: the exit status, and a value from stdin.
+    put = statehub(server, token, "put", "cli:p", stdin="[true]")
+    assert json.loads(put.stdout)["value"] == [True]
+    assert statehub(server, token, "get", "cli:gone", check=3).stdout == ""
 
 
 def test_export_import_round_trip_into_an_empty_store_is_exact(

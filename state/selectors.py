@@ -17,7 +17,7 @@ from django.utils import timezone
 from . import snapshots
 from .exceptions import InvalidSnapshot, NotFound, ValidationFailed
 from .models import Snapshot, StateEntry, StateEvent, StoreRevision, snapshot_storage
-from .services import KEY_PATTERN
+from .rules import KEY_PATTERN
 
 
 def _live(now: datetime | None = None) -> QuerySet[StateEntry]:

@@ -4,7 +4,7 @@ import pytest
 from django.contrib.auth.models import AnonymousUser, Group, User
 
 from state import access, selectors, services
-from state.models import AccessRule
+from state.models import AccessRule, StateEntry
 
 URL = "/api/v1/state"
 
@@ -84,7 +84,6 @@ def test_group_rule_applies_only_to_members(writer_user, user):
 
 def test_readable_filter_selects_exactly_what_can_read_allows(user):
     _seed(READABLE_BY_ALICE + HIDDEN_FROM_ALICE)
-    from state.models import StateEntry
 
     listed = set(
         StateEntry.objects.filter(access.readable_filter(user)).values_list("key", flat=True)
@@ -212,11 +211,11 @@ def test_forbidden_read_of_absent_key_is_403_not_404(user_client):
 )
 def test_non_staff_user_cannot_write(user, user_client, method, path, body):
     _seed(["user:alice"])
-    before = services.StateEntry.objects.get(key="user:alice").version
+    before = StateEntry.objects.get(key="user:alice").version
     response = getattr(user_client, method)(f"{URL}{path}", body, format="json")
     assert response.status_code == 403, response.json()
     assert response.json()["error"]["code"] == "permission_denied"
-    assert services.StateEntry.objects.get(key="user:alice").version == before
+    assert StateEntry.objects.get(key="user:alice").version == before
 
 
 def test_history_is_staff_only(user, user_client, writer_client):

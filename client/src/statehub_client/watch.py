@@ -208,7 +208,7 @@ class Watch(_Base):
         if self._ws is not None:
             self._ws.close()
 
-    def __next__(self) -> Change:
+    def __next__(self) -> Change | Progress:
         while True:
             if self._closed:
                 raise StopIteration
@@ -292,7 +292,7 @@ class AsyncWatch(_Base):
         if self._ws is not None:
             await self._ws.close()
 
-    async def __anext__(self) -> Change:
+    async def __anext__(self) -> Change | Progress:
         while True:
             if self._closed:
                 raise StopAsyncIteration

@@ -473,7 +473,10 @@ class Client:
 
     # --- listings: one page, or an iterator over every page -------------------------------
 
-    def keys_page(self, prefix: str = "", *, limit: int | None = None, cursor: str | None = None):
+    def keys_page(
+        self, prefix: str = "", *, limit: int | None = None, cursor: str | None = None
+    ) -> Page:
+        """One page of keys and the total matching."""
         return self._run(_Calls.keys_page(prefix, limit, cursor))
 
     def entries_page(
@@ -487,7 +490,9 @@ class Client:
         """One page of entries; `revision` is the store revision it was read at."""
         return self._run(_Calls.entries_page(prefix, limit, cursor, include_metadata))
 
-    def history_page(self, key: str, *, limit: int | None = None, cursor: str | None = None):
+    def history_page(
+        self, key: str, *, limit: int | None = None, cursor: str | None = None
+    ) -> Page:
         return self._run(_Calls.history_page(key, limit, cursor))
 
     def keys(self, prefix: str = "", *, page_size: int | None = None) -> Iterator[str]:

@@ -78,8 +78,9 @@ class _Cursor:
 
     def _error(self, data: dict[str, Any]) -> None:
         code, message = data.get("code", ""), data.get("message", "")
-        if code == "lagged":
-            raise _Reconnect("lagged")
+        if code in ("lagged", "send_failed"):
+            # Cut off (close 4008 follows); the log replays from our revision on reconnect.
+            raise _Reconnect(code)
         if code == "revision_compacted":
             raise errors.ResyncRequired(
                 f"Events after revision {self.revision} are no longer kept (oldest: "

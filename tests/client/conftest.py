@@ -9,7 +9,6 @@ servers, which must not disturb the other end-to-end tests' store.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from tests.e2e.conftest import (
     ROOT,
     SEED_USERS,
     _admin_execute,
+    _free_port,
     _is_postgres,
     _manage,
     _postgres_url,
@@ -76,13 +76,6 @@ def new_store(name: str, directory: Path) -> Iterator[Store]:
             _admin_execute(db, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
-def _os_port() -> int:
-    """A port the OS says is free, outside the range other test runs on this machine probe."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class ServerProcess:
     """One daphne process that a test may kill, freeze and start again on the same port."""
 
@@ -90,7 +83,7 @@ class ServerProcess:
         self.env = {**store.env, **environment}
         self.token = store.staff_token
         self.log_dir = log_dir
-        self.port = _os_port()
+        self.port = _free_port(set())
         self.process: subprocess.Popen | None = None
 
     @property

@@ -28,7 +28,7 @@ class NamespaceFilter(admin.SimpleListFilter):
     NONE = "-"
 
     def lookups(self, request, model_admin):
-        names = [(name, name) for name in selectors.entry_namespaces()]
+        names = [(name, name) for name in sorted(selectors.entry_namespaces())]
         return [*names, (self.NONE, "(no namespace)")]
 
     def queryset(self, request, queryset):
@@ -180,4 +180,3 @@ def delete_keys(keys: list[str], *, actor: str) -> tuple[int, int]:
             deleted += len(batch)
             break
     return deleted, gone
-

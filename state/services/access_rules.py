@@ -86,9 +86,12 @@ def access_rule_update(
     """Change a rule's group, prefix or access; record who changed what from what."""
     group, prefix, access = _clean(group=group, prefix=prefix, access=access)
     with transaction.atomic():
-        rule = AccessRule.objects.select_for_update().select_related("group").filter(
-            pk=rule_id
-        ).first()
+        rule = (
+            AccessRule.objects.select_for_update()
+            .select_related("group")
+            .filter(pk=rule_id)
+            .first()
+        )
         if rule is None:
             raise NotFound(f"Access rule {rule_id} does not exist.", rule_id=rule_id)
         before = {"group": rule.group.name, "prefix": rule.prefix, "access": rule.access}
@@ -109,12 +112,14 @@ def access_rule_update(
 def access_rule_delete(*, rule_id: int, actor: AbstractBaseUser) -> None:
     """Revoke a rule; record who revoked what."""
     with transaction.atomic():
-        rule = AccessRule.objects.select_for_update().select_related("group").filter(
-            pk=rule_id
-        ).first()
+        rule = (
+            AccessRule.objects.select_for_update()
+            .select_related("group")
+            .filter(pk=rule_id)
+            .first()
+        )
         if rule is None:
             raise NotFound(f"Access rule {rule_id} does not exist.", rule_id=rule_id)
         # Logged before the row goes: LogEntry keeps the id and description afterwards.
         _audit(actor=actor, rule=rule, flag=DELETION, message=f"Deleted: {_describe(rule)}.")
         rule.delete()
-

@@ -157,9 +157,11 @@
 
     async function refreshStats() {
         try {
+            // A bounded wait: a request caught in a server restart must not stall reconnecting.
             const response = await fetch(config.stats_url, {
                 credentials: "same-origin",
                 headers: { Accept: "application/json" },
+                signal: AbortSignal.timeout(4000),
             });
             if (!response.ok) throw new Error(`HTTP ${response.status}`);
             const stats = (await response.json()).data;

@@ -5,7 +5,6 @@ on a database of its own; the browser logs in with the password serve prints.
 """
 
 import os
-import random
 import re
 import shutil
 import signal
@@ -18,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from .conftest import (
-    PORTS,
     ROOT,
     Server,
     _admin_execute,
@@ -80,12 +78,6 @@ class Served:
         return result.stdout
 
 
-def _random_free_port() -> int:
-    """A free port picked at random: several test runs may share this machine's port ranges."""
-    taken = set(PORTS) - set(random.sample(PORTS, 20))
-    return _free_port(taken)
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory) -> Iterator[Served]:
     """serve on a fresh database, with static files collected into a directory of its own."""
@@ -112,7 +104,7 @@ def served(tmp_path_factory) -> Iterator[Served]:
         env.update(DATABASE_URL=_postgres_url(db, name), REDIS_URL=settings.REDIS_URL)
     else:
         env["DATABASE_URL"] = f"sqlite:///{home / 'admin.sqlite3'}"
-    server = Served(env, _random_free_port(), home / "serve.log")
+    server = Served(env, _free_port(set()), home / "serve.log")
     try:
         server.start()
         yield server

@@ -5,6 +5,7 @@ from django.db.models import TextField
 from django.db.models.functions import Cast, Substr
 from django.urls import reverse
 from django.utils.html import format_html
+from django.utils.http import urlencode
 
 from .. import selectors
 from ..models import StateEvent
@@ -99,7 +100,7 @@ class StateEventAdmin(admin.ModelAdmin):
     def key_link(self, event: StateEvent) -> str:
         if not event.key:
             return "(whole store)"
-        url = reverse("admin:state_stateevent_changelist") + "?key=" + event.key
+        url = reverse("admin:state_stateevent_changelist") + "?" + urlencode({"key": event.key})
         return format_html('<a href="{}" title="every change of this key">{}</a>', url, event.key)
 
     @admin.display(description="old → new")

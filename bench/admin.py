@@ -3,12 +3,12 @@
     .venv/bin/python bench/admin.py \
         --database-url postgres://postgres@127.0.0.1:5432/statehub_admin_bench --keys 100000
 
-Seeds the store through the write path (`services.state_bulk`, batches of 1000; skipped when
-the store already holds exactly that many bench keys, so a second run starts at once), then
-renders each admin page in-process with Django's test client as a logged-in superuser and
-prints the median and 95th percentile time and the number of SQL queries per page. Target
-(issue 10): the entry list stays fast at 100,000 keys (paginated, no per-row queries, no
-full COUNT(*) on PostgreSQL).
+Creates the PostgreSQL database if needed, seeds the store through the write path
+(`services.state_bulk`, batches of 1000; skipped when the store already holds exactly that
+many keys, so a second run starts at once), then renders each admin page in-process with
+Django's test client as a logged-in superuser and prints the median and 95th percentile time
+and the number of SQL queries per page. Target (issue 10): the entry list stays fast at
+100,000 keys (paginated, no per-row queries, no full COUNT(*) on PostgreSQL).
 """
 
 import argparse
@@ -17,12 +17,26 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMESPACES = ["bench", "market", "session", "user"]
 
 
+def create_postgres_database(database_url: str) -> None:
+    """Create the bench's PostgreSQL database if it does not exist yet."""
+    import psycopg
+
+    parts = urlsplit(database_url)
+    name = parts.path.lstrip("/")
+    with psycopg.connect(urlunsplit(parts._replace(path="/postgres")), autocommit=True) as db:
+        if not db.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+            db.execute(f'CREATE DATABASE "{name}"')
+
+
 def setup(database_url: str) -> None:
+    if database_url.startswith(("postgres://", "postgresql://")):
+        create_postgres_database(database_url)
     sys.path.insert(0, str(ROOT))
     os.environ["DATABASE_URL"] = database_url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")

@@ -195,6 +195,12 @@ def row(page, key: str):
     return page.locator(f'#live-events tr[data-key="{key}"]').first
 
 
+def keep(page, name: str) -> None:
+    """Save a screenshot for a person to look at, when STATEHUB_SCREENSHOT_DIR is set."""
+    if target := os.environ.get("STATEHUB_SCREENSHOT_DIR"):
+        page.screenshot(path=str(Path(target) / f"{name}.png"), full_page=True)
+
+
 def test_static_files_are_served_with_debug_false(served):
     import urllib.request
 
@@ -213,12 +219,14 @@ def test_log_in_edit_json_and_see_it_arrive_on_the_live_page(staff, live, served
     editor.goto(f"{served.base}/admin/")
     header = editor.eval_on_selector("#header", "e => getComputedStyle(e).backgroundColor")
     assert header not in ("rgba(0, 0, 0, 0)", "transparent")  # the admin's CSS is served
+    keep(editor, "index")
     editor.click("text=Entries")
     editor.fill("#searchbar", "market:")
     editor.press("#searchbar", "Enter")
     editor.click("text=market:BTC")
     textarea = editor.locator("textarea[name=value_text]")
     assert '"bid": 1' in textarea.input_value() and "\n  " in textarea.input_value()
+    keep(editor, "entry-form")
     textarea.fill('{"bid": 5, "ask": 2}')
     change_page = editor.url
     editor.click("input[name=_save]")
@@ -235,6 +243,7 @@ def test_log_in_edit_json_and_see_it_arrive_on_the_live_page(staff, live, served
     editor.locator("textarea[name=value_text]").fill('{"bid": 7}')
     editor.click("input[name=_save]")
     assert "now at version 3 (you opened version 2)" in editor.inner_text(".errorlist.nonfield")
+    keep(editor, "stale-form")
     editor.close()
 
 
@@ -322,6 +331,7 @@ def test_restore_a_snapshot_through_its_confirmation_page(
     assert admin.inner_text("#restore-added") == "0"
     assert "market:experiment" in admin.inner_text("#restore-removed-keys")
     assert "market:BTC" in admin.inner_text("#restore-changed-keys")
+    keep(admin, "restore-confirmation")
     admin.click("#restore-confirm")
     admin.wait_for_selector(".messagelist .success")
     assert "Restored snapshot" in admin.inner_text(".messagelist")

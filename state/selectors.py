@@ -31,7 +31,7 @@ def _is_live(entry: StateEntry, now: datetime) -> bool:
     return entry.expires_at is None or entry.expires_at > now
 
 
-def _plain(entry: StateEntry) -> StateEntry:
+def decrypted(entry: StateEntry) -> StateEntry:
     """Decrypt an entry's value in place (encryption at rest: state/crypto.py)."""
     entry.value = crypto.unseal(entry.key, entry.value)
     return entry
@@ -91,7 +91,7 @@ def entry_get(*, key: str) -> StateEntry | None:
     expires_at = read_datetime(expires)
     if expires_at is not None and expires_at <= timezone.now():
         return None
-    return _plain(StateEntry(
+    return decrypted(StateEntry(
         key=key, value=json.loads(value), metadata=json.loads(metadata), version=version,
         revision=revision, created_at=read_datetime(created), updated_at=read_datetime(updated),
         expires_at=expires_at, source=source, size=size,
@@ -101,7 +101,9 @@ def entry_get(*, key: str) -> StateEntry | None:
 def entries_get_many(*, keys: list[str]) -> dict[str, StateEntry | None]:
     """Return each key's live entry (or None), in the order asked, with one query."""
     now = timezone.now()
-    found = {e.key: _plain(e) for e in StateEntry.objects.filter(key__in=keys) if _is_live(e, now)}
+    found = {
+        e.key: decrypted(e) for e in StateEntry.objects.filter(key__in=keys) if _is_live(e, now)
+    }
     return {key: found.get(key) for key in keys}
 
 
@@ -215,7 +217,7 @@ def entries_list(
     matching, page, limit = _entries_page(
         prefix=prefix, readable=readable, limit=limit, cursor=cursor
     )
-    entries = [_plain(entry) for entry in page[: limit + 1]]
+    entries = [decrypted(entry) for entry in page[: limit + 1]]
     return _page(entries, total=matching.count(), limit=limit, last_key=lambda e: e.key), revision
 
 

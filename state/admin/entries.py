@@ -93,6 +93,11 @@ class StateEntryAdmin(admin.ModelAdmin):
         url = reverse("admin:state_stateevent_changelist") + "?" + urlencode({"key": entry.key})
         return format_html('<a href="{}">every change of {} in the event log</a>', url, entry.key)
 
+    def get_object(self, request, object_id, from_field=None):
+        # The form edits the value its readers see: decrypted, if its key is encrypted.
+        entry = super().get_object(request, object_id, from_field)
+        return selectors.decrypted(entry) if entry is not None else None
+
     def get_changelist(self, request, **kwargs):
         return EntryChangeList
 

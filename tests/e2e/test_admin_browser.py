@@ -99,6 +99,10 @@ def served(tmp_path_factory) -> Iterator[Served]:
         STATE_PERSISTENCE_ENABLED="false",
         # Small, so that one bulk of 30 changes cuts the live page off as lagging.
         STATE_STREAM_QUEUE_SIZE="10",
+        # The pages count keys and changes exactly (restore preview, the live page); request
+        # tracking would add its own records to them.
+        STATE_TRACK_REQUESTS="false",
+        STATE_PROPAGATE_STATE="false",
     )
     db = settings.DATABASES["default"]
     name = f"statehub_e2e_admin_{os.getpid()}"

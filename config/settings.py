@@ -1,8 +1,10 @@
 """statehub settings: the only module that reads the environment."""
 
+import re
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -175,7 +177,6 @@ STATE_MAX_MGET_KEYS = env.int("STATE_MAX_MGET_KEYS", default=1000)
 STATE_LIST_DEFAULT_LIMIT = env.int("STATE_LIST_DEFAULT_LIMIT", default=1000)
 STATE_LIST_MAX_LIMIT = env.int("STATE_LIST_MAX_LIMIT", default=10000)
 STATE_HOT_KEYS = env.int("STATE_HOT_KEYS", default=10)
-STATE_HOT_KEYS_WINDOW = env.int("STATE_HOT_KEYS_WINDOW", default=1000)
 STATE_PUBLIC_PREFIXES = env.list(
     "STATE_PUBLIC_PREFIXES", default=["global:", "market:", "feature_flag:"]
 )
@@ -215,9 +216,71 @@ STATE_HTTP_THREADS = env.int("STATE_HTTP_THREADS", default=8)
 # How long a process may reuse a token's user before looking it up again (revocation delay).
 STATE_TOKEN_CACHE_SECS = env.float("STATE_TOKEN_CACHE_SECS", default=2.0)
 
+# --- operations (issue 11): metrics, logs, rate limits, caches ----------------------------
+# /metrics: without a token only loopback clients may scrape; with one, every client must send
+# `Authorization: Bearer <token>` (a proxy on the same host makes every client look local).
+STATE_METRICS_TOKEN = env.str("STATE_METRICS_TOKEN", default="")
+# Where prometheus-client's multiprocess mode keeps each process's values (read by the library
+# itself, at import, from the environment; named here so the settings list it). `serve` sets it.
+PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default="")
+# /readyz: how long each dependency check may take before it counts as down.
+STATE_READYZ_TIMEOUT_SECS = env.float("STATE_READYZ_TIMEOUT_SECS", default=2.0)
+# hot_keys in /stats: reads and writes counted 1 in STATE_HOT_KEYS_SAMPLE, in windows of
+# STATE_HOT_KEYS_WINDOW_SECS (the current one plus the previous one, linearly decayed).
+STATE_HOT_KEYS_SAMPLE = env.int("STATE_HOT_KEYS_SAMPLE", default=1)
+STATE_HOT_KEYS_WINDOW_SECS = env.int("STATE_HOT_KEYS_WINDOW_SECS", default=300)
+STATE_HOT_KEYS_CAPACITY = env.int("STATE_HOT_KEYS_CAPACITY", default=1000)
+STATE_HOT_KEYS_FLUSH_SECS = env.float("STATE_HOT_KEYS_FLUSH_SECS", default=1.0)
+
+# Rate limits per user and operation class, DRF's "N/s", "N/m", "N/h" or "N/d"; "0" or empty
+# turns a class off. Off by default: the embedded default serves one trusted loopback user.
+STATE_RATE_LIMITS = {
+    scope: rate
+    for scope in ("read", "write", "bulk", "snapshot")
+    if (rate := env.str(f"STATE_RATE_LIMIT_{scope.upper()}", default="").strip()) not in ("", "0")
+}
+for _scope, _rate in STATE_RATE_LIMITS.items():
+    if not re.fullmatch(r"[0-9]+/(s|sec|second|m|min|minute|h|hour|d|day)", _rate):
+        raise ImproperlyConfigured(
+            f"STATE_RATE_LIMIT_{_scope.upper()} must look like 100/s, 6000/min, 1000/h or 0 (off),"
+            f" not {_rate!r}."
+        )
+if STATE_RATE_LIMITS:
+    REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = ["state.api.throttling.OperationRateThrottle"]
+    REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = STATE_RATE_LIMITS
+# The cache rate limits count in: shared by every process through Redis when REDIS_URL is set.
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
+         "KEY_PREFIX": "statehub"}
+        if REDIS_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    )
+}  # fmt: skip
+
+# Logs: plain text, or one JSON object a line (STATE_LOG_FORMAT=json), both with every secret
+# redacted (config/logging.py). The servers' own loggers go through the same handler.
+STATE_LOG_FORMAT = env.str("STATE_LOG_FORMAT", default="text")
+if STATE_LOG_FORMAT not in ("text", "json"):
+    raise ImproperlyConfigured(f"STATE_LOG_FORMAT must be text or json, not {STATE_LOG_FORMAT!r}.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {"correlation": {"()": "config.logging.CorrelationIdFilter"}},
+    "formatters": {
+        "text": {"()": "config.logging.RedactingFormatter"},
+        "json": {"()": "config.logging.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": STATE_LOG_FORMAT,
+            "filters": ["correlation"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {
+        name: {"handlers": ["console"], "propagate": False}
+        for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "daphne", "django.server")
+    },
 }

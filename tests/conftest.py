@@ -9,6 +9,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from state import events as state_events
+from state import hotkeys
 from state.models import AccessRule
 
 
@@ -16,6 +17,13 @@ from state.models import AccessRule
 def _fast_password_hashing(settings) -> None:
     """Hash fixture passwords cheaply: PBKDF2 made each user fixture cost ~0.2 s."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _no_hot_keys() -> Iterator[None]:
+    """Start every test with no access counts (they live in the process, or in Redis)."""
+    hotkeys.reset()
+    yield
 
 
 def _client(user: User | None) -> APIClient:

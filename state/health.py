@@ -1,11 +1,9 @@
 """Operator endpoints: liveness, readiness (each dependency) and Prometheus metrics."""
 
-import asyncio
 import hmac
 import ipaddress
 import logging
 from collections.abc import Callable
-from concurrent.futures import TimeoutError as FutureTimeout
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -58,7 +56,7 @@ def _run(name: str, check: Callable[[], None]) -> str:
     timeout = settings.STATE_READYZ_TIMEOUT_SECS
     try:
         _checker.submit(check).result(timeout=timeout)
-    except (FutureTimeout, asyncio.TimeoutError):
+    except TimeoutError:
         return f"error: no answer within {timeout:g}s"
     except Exception as exc:  # noqa: BLE001 - any failure means not ready
         logger.warning("readyz: %s is down: %s", name, exc)

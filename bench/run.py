@@ -18,6 +18,7 @@ Examples:
 import argparse
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -37,6 +38,7 @@ PG_URL = "postgres://postgres@127.0.0.1:5432"
 PG_DB = "statehub_bench"
 REDIS_URL = "redis://127.0.0.1:6379/2"
 KEYS = 100
+BENCH_SECRET_KEY = secrets.token_urlsafe(50)
 
 # name: (wrk mode, path (a key is appended for get/put), sends our token).
 # The baselines come twice: as a Django user gets them (Django's stock ASGI handler, under
@@ -107,6 +109,7 @@ def seed(url: str, connections: int) -> str:
 def server_env(url: str, *, redis: bool) -> dict[str, str]:
     env = dict(os.environ)
     env.update(DJANGO_SETTINGS_MODULE="bench.settings", DATABASE_URL=url, PYTHONPATH=str(ROOT))
+    env.setdefault("SECRET_KEY", BENCH_SECRET_KEY)  # servers refuse the embedded default
     env.pop("REDIS_URL", None)
     if redis:
         env["REDIS_URL"] = REDIS_URL

@@ -12,10 +12,37 @@ env = environ.Env()
 if (BASE_DIR / ".env").is_file():  # optional; read_env logs a warning-like line when absent
     environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
-SECRET_KEY = env.str("SECRET_KEY", default="statehub-dev-insecure-set-SECRET_KEY-in-production")
+# --- secrets and HTTPS (issue 11) -----------------------------------------------------------
+# Without SECRET_KEY the embedded default key applies: enough for tests and manage.py tools,
+# but a server (config/asgi.py) refuses to start with it unless DEBUG is true. `manage.py
+# serve` generates a key once into STATE_SECRET_KEY_FILE (git-ignored) and hands it to the
+# processes it starts. "django-insecure-" makes `check --deploy` flag it too.
+STATE_INSECURE_SECRET_KEY = "django-insecure-statehub-embedded-default-set-SECRET_KEY"
+# Read verbatim: django-environ would take a value starting with "$" for a reference to
+# another variable (and Django's own key generator uses "$").
+SECRET_KEY = env.ENVIRON.get("SECRET_KEY", "") or STATE_INSECURE_SECRET_KEY
+STATE_SECRET_KEY_FILE = env.path("STATE_SECRET_KEY_FILE", default=BASE_DIR / "var" / "secret_key")
 DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# Behind TLS (STATE_HTTPS=true): redirect to https, HSTS for a year, cookies only over https.
+# Each can be set on its own; the loopback demo speaks plain HTTP, so all are off by default.
+STATE_HTTPS = env.bool("STATE_HTTPS", default=False)
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=STATE_HTTPS)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=365 * 24 * 3600 if STATE_HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=STATE_HTTPS)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=STATE_HTTPS)
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=STATE_HTTPS)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=STATE_HTTPS)
+# A TLS-terminating proxy in front: "HTTP_X_FORWARDED_PROTO,https" (only if it sets the header).
+if _proxy_ssl := env.list("SECURE_PROXY_SSL_HEADER", default=[]):
+    SECURE_PROXY_SSL_HEADER = tuple(_proxy_ssl)
+# Probes and scrapers inside the network speak plain HTTP to the process.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
 
 INSTALLED_APPS = [
     "daphne",

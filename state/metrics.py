@@ -32,6 +32,11 @@ from prometheus_client.registry import Collector
 
 logger = logging.getLogger(__name__)
 
+# The library opens its files there as soon as a metric is defined (below); a process started
+# before its supervisor made the directory (a manage.py command) must not crash on import.
+if _multiproc_dir := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.makedirs(_multiproc_dir, exist_ok=True)
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 SNAPSHOT_SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 SNAPSHOT_BYTES_BUCKETS = tuple(float(2**n) for n in range(10, 35, 2))  # 1 KiB .. 16 GiB

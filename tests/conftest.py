@@ -1,8 +1,11 @@
 """Shared fixtures: users and API clients per role, and the events a commit would broadcast."""
 
+import os
+import secrets
 from collections.abc import Iterator
 
 import pytest
+from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.db import connection
 from rest_framework.authtoken.models import Token
@@ -11,6 +14,11 @@ from rest_framework.test import APIClient
 from state import events as state_events
 from state import hotkeys
 from state.models import AccessRule
+
+# The suite is not a deployment, but config/asgi.py refuses the embedded default key when DEBUG
+# is false: one random key for this process (which imports config.asgi) and every server it starts.
+if not os.environ.get("SECRET_KEY"):
+    os.environ["SECRET_KEY"] = settings.SECRET_KEY = secrets.token_urlsafe(50)
 
 
 @pytest.fixture(autouse=True)

@@ -17,24 +17,29 @@ REDACTED = "[REDACTED]"
 # Optional backslash and quote around a separator, so `key: v`, `key=v`, `"key": "v"` and the
 # same inside an already JSON-escaped string (`\"key\": \"v\"`) all match.
 _SEP = r"""\\?["']?\s*[:=]\s*\\?["']?"""
+# name=value, as in a Cookie header (attributes such as HttpOnly end it).
+_COOKIE_PAIR = r"""[^\s;"'\\=]+=[^;\s"'\\]*"""
 _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     # Authorization headers: keep the scheme, drop the credential.
     (
         re.compile(
             rf"(?i)((?:proxy[-_])?authorization{_SEP}(?:(?:bearer|token|basic|digest)\s+)?)"
-            r"""[^\s"'\\,;}]+"""
+            r"""(?!\[REDACTED|(?:bearer|token|basic|digest)\s)[^\s"'\\,;}]+"""
         ),
         rf"\1{REDACTED}",
     ),
-    (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"), rf"\1{REDACTED}"),
+    (re.compile(r"(?i)\b(bearer\s+)(?!\[REDACTED)[A-Za-z0-9._~+/=-]{8,}"), rf"\1{REDACTED}"),
     # Cookie and Set-Cookie headers: the whole value.
-    (re.compile(rf"(?i)((?:set-)?cookie{_SEP})[^\n\"'\\]+"), rf"\1{REDACTED}"),
+    (
+        re.compile(rf"(?i)((?:set-)?cookie{_SEP})" + _COOKIE_PAIR + rf"(?:;\s*{_COOKIE_PAIR})*"),
+        rf"\1{REDACTED}",
+    ),
     # name=value / "name": "value" pairs whose name says secret.
     (
         re.compile(
             r"(?i)\b([\w-]*(?:token|password|passwd|secret|sessionid|csrftoken|api[_-]?key"
             rf"|signature|encryption[_-]?keys?)[\w-]*{_SEP})"
-            r"""[^\s"'\\&,;}\]]+"""
+            r"""(?!\[REDACTED)[^\s"'\\&,;}\]]+"""
         ),
         rf"\1{REDACTED}",
     ),

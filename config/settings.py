@@ -261,6 +261,8 @@ STATE_HOT_KEYS_FLUSH_SECS = env.float("STATE_HOT_KEYS_FLUSH_SECS", default=1.0)
 
 # Rate limits per user and operation class, DRF's "N/s", "N/m", "N/h" or "N/d"; "0" or empty
 # turns a class off. Off by default: the embedded default serves one trusted loopback user.
+# The API's viewsets always carry the throttle (state/api/throttling.py); without a rate it
+# returns at once.
 STATE_RATE_LIMITS = {
     scope: rate
     for scope in ("read", "write", "bulk", "snapshot")
@@ -272,9 +274,6 @@ for _scope, _rate in STATE_RATE_LIMITS.items():
             f"STATE_RATE_LIMIT_{_scope.upper()} must look like 100/s, 6000/min, 1000/h or 0 (off),"
             f" not {_rate!r}."
         )
-if STATE_RATE_LIMITS:
-    REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = ["state.api.throttling.OperationRateThrottle"]
-    REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = STATE_RATE_LIMITS
 # The cache rate limits count in: shared by every process through Redis when REDIS_URL is set.
 CACHES = {
     "default": (

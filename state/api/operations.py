@@ -9,6 +9,8 @@ from rest_framework.response import Response
 
 from state import metrics
 
+from .throttling import OperationRateThrottle
+
 # (viewset basename, action, HTTP method or "*") -> (operation name, rate-limit class)
 OPERATIONS: dict[tuple[str, str, str], tuple[str, str]] = {
     ("state", "retrieve", "*"): ("get", "read"),
@@ -53,7 +55,14 @@ def outcome_of(response: Response) -> str:
 
 
 class InstrumentedViewSet(viewsets.ViewSet):
-    """A ViewSet that counts each request and its latency by operation and outcome."""
+    """A ViewSet that names each request's operation, rate-limits it, counts it and its latency."""
+
+    throttle_classes = [OperationRateThrottle]  # a no-op for classes without a rate
+    operation: tuple[str, str] = UNKNOWN
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        self.operation = operation_of(self, request.method)
+        super().initial(request, *args, **kwargs)
 
     def dispatch(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         started = time.perf_counter()
@@ -63,5 +72,5 @@ class InstrumentedViewSet(viewsets.ViewSet):
             outcome = outcome_of(response)
             return response
         finally:
-            operation, _ = operation_of(self, request.method)
+            operation, _ = operation_of(self, request.method)  # also before initial() ran
             metrics.observe_operation(operation, outcome, time.perf_counter() - started)

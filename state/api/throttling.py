@@ -15,8 +15,6 @@ from django.core.cache import cache
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
-from .operations import operation_of
-
 PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -44,7 +42,7 @@ class OperationRateThrottle(BaseThrottle):
         self._wait: float | None = None
 
     def allow_request(self, request: Request, view) -> bool:
-        _, scope = operation_of(view, request.method)
+        _, scope = view.operation  # set by InstrumentedViewSet.initial
         rate = settings.STATE_RATE_LIMITS.get(scope)
         user = request.user
         if rate is None or not user.is_authenticated:

@@ -14,10 +14,11 @@ With REDIS_URL, a background thread in each process adds its counts to a sorted 
 and `/stats` on any of them sees the same ranking. A request never waits for Redis; while
 Redis is down the counts of that time are dropped.
 
-Error: with N = 1 (the default) every access is counted, and the count of a key that stayed
-within the capacity during the window is exact (plus at most one flush interval of another
-process's counts not yet added). With N > 1 a count c is an estimate with a standard
-deviation of about sqrt(c * N). Keys near the capacity cut-off may be undercounted.
+Error: with N = 1 (the default) every access is counted, each in the window it happened in,
+and the count of a key that stayed within the capacity during its window is exact (less at
+most one flush interval of other processes' counts, not yet in Redis). With N > 1 a count c
+is an estimate with a standard deviation of about sqrt(c * N). Keys near the capacity cut-off
+may be undercounted (a dropped key starts again from zero).
 """
 
 import logging
@@ -41,7 +42,7 @@ class HotKey:
 
 
 _lock = threading.Lock()
-_pending: dict[str, int] = {}  # counts not yet flushed (Redis mode) or added to a window
+_pending: dict[int, dict[str, int]] = {}  # window -> counts not yet in Redis / in _windows
 _windows: dict[int, dict[str, float]] = {}  # local mode: window index -> key -> count
 _flusher: threading.Thread | None = None
 _redis = None
@@ -64,9 +65,11 @@ def record(*keys: str) -> None:
     if sample > 1 and random.random() * sample >= 1:
         return
     weight = max(sample, 1)
+    window = int(time.time() // _window_secs())
     with _lock:
+        pending = _pending.setdefault(window, {})
         for key in keys:
-            _pending[key] = _pending.get(key, 0) + weight
+            pending[key] = pending.get(key, 0) + weight
         if settings.REDIS_URL:
             _start_flusher()
         else:
@@ -74,14 +77,15 @@ def record(*keys: str) -> None:
 
 
 def _fold_locally() -> None:
-    window = int(time.time() // _window_secs())
-    counts = _windows.setdefault(window, {})
-    for key, count in _pending.items():
-        counts[key] = counts.get(key, 0) + count
+    for window, pending in _pending.items():
+        counts = _windows.setdefault(window, {})
+        for key, count in pending.items():
+            counts[key] = counts.get(key, 0) + count
+        _trim(counts, settings.STATE_HOT_KEYS_CAPACITY)
     _pending.clear()
-    for old in [w for w in _windows if w < window - 1]:
+    current = int(time.time() // _window_secs())
+    for old in [w for w in _windows if w < current - 1]:
         del _windows[old]
-    _trim(counts, settings.STATE_HOT_KEYS_CAPACITY)
 
 
 # --- Redis ------------------------------------------------------------------------------------
@@ -120,17 +124,18 @@ def _flush_forever() -> None:
 def flush() -> None:
     """Add this process's pending counts to the shared window in Redis."""
     with _lock:
-        batch = dict(_pending)
+        batches = dict(_pending)
         _pending.clear()
-    if not batch:
+    if not batches:
         return
     secs = _window_secs()
-    name = f"{REDIS_PREFIX}{int(time.time() // secs)}"
     pipe = _client().pipeline(transaction=False)
-    for key, count in batch.items():
-        pipe.zincrby(name, count, key)
-    pipe.expire(name, 2 * secs + 60)
-    pipe.zremrangebyrank(name, 0, -settings.STATE_HOT_KEYS_CAPACITY - 1)
+    for window, batch in batches.items():
+        name = f"{REDIS_PREFIX}{window}"
+        for key, count in batch.items():
+            pipe.zincrby(name, count, key)
+        pipe.expire(name, 2 * secs + 60)
+        pipe.zremrangebyrank(name, 0, -settings.STATE_HOT_KEYS_CAPACITY - 1)
     pipe.execute()
 
 

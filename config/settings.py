@@ -240,6 +240,9 @@ STATE_SESSION_TTL_SECS = env.int("STATE_SESSION_TTL_SECS", default=3600)
 # Threads per server process running Django's sync request handling (config/http.py).
 # Writes queue on one lock anyway; a few threads let reads proceed meanwhile.
 STATE_HTTP_THREADS = env.int("STATE_HTTP_THREADS", default=8)
+# Group commit (state/services/writes.py): concurrent writes of one process share one
+# transaction of at most this many keys (a bigger bulk still runs, alone).
+STATE_GROUP_COMMIT_MAX_KEYS = env.int("STATE_GROUP_COMMIT_MAX_KEYS", default=2000)
 # How long a process may reuse a token's user before looking it up again (revocation delay).
 STATE_TOKEN_CACHE_SECS = env.float("STATE_TOKEN_CACHE_SECS", default=2.0)
 

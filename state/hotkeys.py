@@ -149,9 +149,13 @@ def top(limit: int, *, can_read: Callable[[str], bool] | None = None) -> list[Ho
     window = int(now // secs)
     previous_weight = 1 - (now - window * secs) / secs
     if settings.REDIS_URL:
-        flush()
-        names = {f"{REDIS_PREFIX}{window}": 1, f"{REDIS_PREFIX}{window - 1}": previous_weight}
-        rows = _client().zunion(names, withscores=True)
+        try:
+            flush()
+            names = {f"{REDIS_PREFIX}{window}": 1, f"{REDIS_PREFIX}{window - 1}": previous_weight}
+            rows = _client().zunion(names, withscores=True)
+        except Exception:  # noqa: BLE001 - Redis down: /stats still answers, without hot keys
+            logger.warning("hot keys: Redis is unreachable", exc_info=True)
+            return []
         scores = {key.decode(): score for key, score in rows}
     else:
         with _lock:

@@ -8,6 +8,7 @@ window lets a client send up to twice the rate across a window boundary; the cos
 cache round trips a request (measured in bench/run.py --rate-limiter).
 """
 
+import logging
 import time
 
 from django.conf import settings
@@ -15,6 +16,8 @@ from django.core.cache import cache, caches
 from django.core.cache.backends.redis import RedisCache
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
+
+logger = logging.getLogger(__name__)
 
 PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -50,6 +53,16 @@ def _count_in_redis(backend: RedisCache, key: str, timeout: int) -> int:
     return pipe.execute()[1]
 
 
+_warned_at = 0.0
+
+
+def _warn_unavailable() -> None:
+    global _warned_at
+    if time.monotonic() - _warned_at > 60:
+        _warned_at = time.monotonic()
+        logger.warning("rate limits: the cache is unreachable; requests pass unlimited meanwhile")
+
+
 class OperationRateThrottle(BaseThrottle):
     """Refuse a user's request once their operation class used up its window's rate."""
 
@@ -65,8 +78,13 @@ class OperationRateThrottle(BaseThrottle):
         limit, seconds = parse_rate(rate)
         now = time.time()
         window = int(now // seconds)
-        # +1 s: a counter outlives its window, so a late incr never restarts it at 1.
-        if _count(f"ratelimit:{scope}:{user.pk}:{window}", seconds + 1) <= limit:
+        try:
+            # +1 s: a counter outlives its window, so a late incr never restarts it at 1.
+            count = _count(f"ratelimit:{scope}:{user.pk}:{window}", seconds + 1)
+        except Exception:  # noqa: BLE001 - the cache (Redis) is down: fail open, keep serving
+            _warn_unavailable()
+            return True
+        if count <= limit:
             return True
         self._wait = (window + 1) * seconds - now
         return False

@@ -23,15 +23,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
-from .. import events, rules
+from .. import crypto, events, rules, selectors
 from ..exceptions import StateError
 from ..models import StateEntry, StateEvent
 
@@ -119,14 +118,6 @@ def _record_write() -> Iterator[None]:
 # --- the batch ----------------------------------------------------------------------------
 
 
-def _read_datetime(value: Any) -> datetime | None:
-    """A datetime column as read by a raw query (SQLite hands back naive UTC)."""
-    if value is None:
-        return None
-    parsed = value if isinstance(value, datetime) else parse_datetime(value)
-    return parsed.replace(tzinfo=UTC) if parsed is not None and parsed.tzinfo is None else parsed
-
-
 @dataclass(slots=True)
 class Row:
     """An entry as the write path holds it; the value is kept as JSON text, decoded on demand."""
@@ -146,7 +137,7 @@ class Row:
     @property
     def value(self) -> Any:
         if self.decoded is rules.MISSING:
-            self.decoded = json.loads(self.text)
+            self.decoded = crypto.unseal(self.key, json.loads(self.text))  # crypto: plain value
         return self.decoded
 
     def entry(self) -> StateEntry:
@@ -343,10 +334,7 @@ def _copy(rows: int) -> bool:
     return connection.vendor == "postgresql" and rows > _COPY_FROM_ROWS
 
 
-_ROW_COLUMNS = (
-    "key", "value", "metadata", "version", "revision", "created_at", "updated_at", "expires_at",
-    "source", "size",
-)  # fmt: skip
+_ROW_COLUMNS = selectors.ENTRY_COLUMNS
 _EVENT_COLUMNS = (
     "revision", "key", "op", "old_value", "new_value", "version", "source", "actor", "timestamp",
 )  # fmt: skip
@@ -364,23 +352,15 @@ def _keys_match(keys: list[str]) -> tuple[str, list]:
 
 
 def _select_rows(keys: list[str]) -> list[Row]:
-    cast = "::text" if _postgres() else ""
-    columns = ", ".join(
-        f'"{c}"{cast}' if c in ("value", "metadata") else f'"{c}"' for c in _ROW_COLUMNS
-    )
-    where, params = _keys_match(keys)
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {columns} FROM {_ENTRIES} WHERE {where}", params)
-        rows = cursor.fetchall()
+    read = selectors.read_datetime
     return [
         Row(
             key=key, text=text, metadata=json.loads(metadata), version=version,
-            revision=revision, created_at=_read_datetime(created_at),
-            updated_at=_read_datetime(updated_at), expires_at=_read_datetime(expires_at),
-            source=source, size=size,
+            revision=revision, created_at=read(created), updated_at=read(updated),
+            expires_at=read(expires), source=source, size=size,
         )  # type: ignore[arg-type]
-        for key, text, metadata, version, revision, created_at, updated_at, expires_at, source,
-        size in rows
+        for key, text, metadata, version, revision, created, updated, expires, source, size
+        in selectors.entry_rows(keys=keys)
     ]  # fmt: skip
 
 

@@ -14,7 +14,6 @@ from django.db import connection, transaction
 from django.db.models import Count, Q, QuerySet, Sum, TextField
 from django.db.models.functions import Cast
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
 from . import crypto, diffs, hotkeys, snapshots
 from .exceptions import InvalidSnapshot, NotFound, ValidationFailed
@@ -56,21 +55,24 @@ ENTRY_COLUMNS = (
 )  # fmt: skip
 
 
+_TEXT_COLUMNS = ("value", "metadata", "created_at", "updated_at", "expires_at")
+
+
 def read_datetime(value) -> datetime | None:
-    """A datetime column as a raw query returns it (SQLite's are naive UTC)."""
+    """A datetime column as `entry_rows` returns it (PostgreSQL: text; SQLite: naive UTC)."""
     if value is None:
         return None
-    parsed = value if isinstance(value, datetime) else parse_datetime(value)
-    return parsed.replace(tzinfo=UTC) if parsed is not None and parsed.tzinfo is None else parsed
+    # psycopg's own timestamptz loader took 13 us a value (a quarter of a 1,000-key write
+    # batch's reads); the column's text through fromisoformat takes 0.7.
+    parsed = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
 
 
 def entry_rows(*, keys: list[str]) -> list[tuple]:
     """Return the stored rows of `keys` (any order), columns as ENTRY_COLUMNS, JSON as text."""
     postgres = connection.vendor == "postgresql"
     cast = "::text" if postgres else ""
-    columns = ", ".join(
-        f'"{c}"{cast}' if c in ("value", "metadata") else f'"{c}"' for c in ENTRY_COLUMNS
-    )
+    columns = ", ".join(f'"{c}"{cast}' if c in _TEXT_COLUMNS else f'"{c}"' for c in ENTRY_COLUMNS)
     if len(keys) == 1:
         where, params = '"key" = %s', keys
     elif postgres:

@@ -120,9 +120,10 @@ class Tracker:
         # while the store is down each attempt holds the process's group commit for a whole
         # pool timeout, delaying the requests' own writes (and their 503s).
         self._backoff = 0.0
+        self.last_batch_size = self.max_batch_size = 0
         self.counters = dict.fromkeys(
             ("recorded", "written", "batches", "operations", "dropped", "failed", "coalesced",
-             "skipped", "conflicts", "last_batch_size", "max_batch_size"),
+             "skipped", "conflicts"),
             0,
         )  # fmt: skip
 
@@ -186,8 +187,15 @@ class Tracker:
                 self._connections.pop(key, None)
 
     def stats(self) -> dict[str, int]:
+        """Return the counters (each only ever grows): what the metrics export copies."""
         with self._lock:
-            return {**self.counters, "buffered": len(self._buffer)}
+            return dict(self.counters)
+
+    def buffer_state(self) -> dict[str, int]:
+        """Return the gauges: records buffered now, and the last and largest batch sizes."""
+        with self._lock:
+            return {"buffered": len(self._buffer), "last_batch_size": self.last_batch_size,
+                    "max_batch_size": self.max_batch_size}  # fmt: skip
 
     # --- the writer ------------------------------------------------------------------------
 
@@ -228,7 +236,8 @@ class Tracker:
         if thread.is_alive():
             logger.warning("tracking: shutdown timed out; %d records not written",
                            len(self._buffer))  # fmt: skip
-        logger.info("tracking: stopped: %s", " ".join(f"{k}={v}" for k, v in self.stats().items()))
+        state = {**self.stats(), **self.buffer_state()}
+        logger.info("tracking: stopped: %s", " ".join(f"{k}={v}" for k, v in state.items()))
 
     def _use_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
         # The write path rings the stream's doorbell after commit on the event loop asgiref
@@ -319,8 +328,8 @@ class Tracker:
             c["written"] += written
             c["batches"] += 1
             c["operations"] += len(operations)
-            c["last_batch_size"] = len(operations)
-            c["max_batch_size"] = max(c["max_batch_size"], len(operations))
+            self.last_batch_size = len(operations)
+            self.max_batch_size = max(self.max_batch_size, len(operations))
         if failed:
             self._failed(failed, next(r.error for r in results if r.error is not None))
 
@@ -461,6 +470,11 @@ def flush() -> int:
 def stats() -> dict[str, int]:
     """Return the tracking counters: records written, batches, dropped, failed, and more."""
     return tracker.stats()
+
+
+def buffer_state() -> dict[str, int]:
+    """Return the tracking gauges: records buffered now, last and largest batch sizes."""
+    return tracker.buffer_state()
 
 
 # --- the worker's job -----------------------------------------------------------------------

@@ -24,7 +24,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from . import access, events, selectors
+from . import access, events, metrics, selectors
 from .models import StateEvent
 
 logger = logging.getLogger(__name__)
@@ -161,6 +161,7 @@ class Subscription:
         try:
             for frame in frames:
                 await self._send(frame.text)
+                metrics.STREAM_FRAMES_SENT.inc()
         finally:
             self._handed = False
             if not self._idle:
@@ -170,6 +171,7 @@ class Subscription:
         pending = [rev for rev, _, _ in self._outbox if rev is not None]
         # Everything before the first undelivered event has been delivered.
         self.lagged_at = (pending[0] if pending else revision) - 1
+        metrics.STREAM_LAGGED.inc()
         self._outbox.clear()
         self._wake.set()
 
@@ -361,6 +363,7 @@ class Subscription:
     async def _emit(self, text: str) -> None:
         self._last_sent_at = time.monotonic()
         await self._send(text)
+        metrics.STREAM_FRAMES_SENT.inc()
 
     async def _replay(self) -> None:
         """Send one batch from the log, or go live once the hub has nothing newer."""
@@ -428,11 +431,13 @@ class Hub:
             send=send, close=close,
         )  # fmt: skip
         self.subscriptions.add(subscription)
+        metrics.STREAM_SUBSCRIBERS.set(len(self.subscriptions))
         return subscription
 
     def close(self, subscription: Subscription) -> None:
         subscription.cancel()
         self.subscriptions.discard(subscription)
+        metrics.STREAM_SUBSCRIBERS.set(len(self.subscriptions))
         if not self.subscriptions and not self._opening:
             self.stop()
 

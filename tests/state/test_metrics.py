@@ -1,7 +1,6 @@
 """/metrics in one process: what each instrument counts, the store gauges, who may scrape."""
 
 import sys
-import types
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -146,24 +145,29 @@ def test_stream_subscribers_frames_and_lagged_cut_offs(user, settings):
     assert value(after, frames) >= value(before, frames) + 2
 
 
-def test_tracking_counters_are_copied_in_as_deltas(monkeypatch):
-    counts = {"dropped": 3, "written": 10}
-    stand_in = types.ModuleType("sessions_tracking.services")
-    stand_in.stats = lambda: dict(counts)
-    # The tracking service ships separately; until it lands this stands in for its stats().
-    monkeypatch.setitem(sys.modules, "sessions_tracking.services", stand_in)
+def test_tracking_counters_are_copied_in_as_deltas(monkeypatch, settings):
+    from sessions_tracking import services as tracking
+
+    tracker = tracking.Tracker(background=False)  # the real service, no writer thread
+    monkeypatch.setattr(tracking, "tracker", tracker)
     monkeypatch.setattr(metrics, "_tracking_seen", {})
+    settings.STATE_TRACKING_BUFFER_SIZE = 0  # a full buffer: every record is dropped, and counted
 
     def total(name: str) -> float:
         return REGISTRY.get_sample_value("statehub_tracking_total", {"counter": name}) or 0.0
 
-    before = {name: total(name) for name in counts}
+    def drop(count: int) -> None:
+        for _ in range(count):
+            tracker.put(key="request:metrics-test", value={}, ttl=1)
+
+    before = {name: total(name) for name in ("dropped", "written")}
+    drop(3)
     metrics._sync_tracking(force=True)
-    counts["dropped"] = 5
+    drop(2)
     metrics._sync_tracking(force=True)
     metrics._sync_tracking(force=True)  # nothing new: nothing added
     assert total("dropped") == before["dropped"] + 5
-    assert total("written") == before["written"] + 10
+    assert total("written") == before["written"]
 
 
 def test_without_the_tracking_service_metrics_still_answer(db, monkeypatch):

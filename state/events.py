@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 from dataclasses import asdict, dataclass
-from functools import partial
+from functools import partial, update_wrapper
 from typing import TYPE_CHECKING, Any, Literal
 
 from asgiref.sync import SyncToAsync, async_to_sync
@@ -70,8 +70,10 @@ def publish(published: Event | list[Event]) -> None:
     batch = published if isinstance(published, list) else [published]
     if settings.STATE_BROADCAST_CHANGES and batch:
         _unrung.revision = max(getattr(_unrung, "revision", 0), batch[-1].revision)
-        # robust: a broadcast failure is logged, never turned into a failed write.
-        transaction.on_commit(partial(broadcast, batch), robust=True)
+        # robust: a broadcast failure is logged, never turned into a failed write. (Django
+        # names the callback in that log line: a bare partial has no __qualname__, so the
+        # logging itself raised and the failure escaped into the write after its commit.)
+        transaction.on_commit(update_wrapper(partial(broadcast, batch), broadcast), robust=True)
 
 
 def broadcast(batch: list[Event]) -> None:

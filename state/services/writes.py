@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from .. import crypto, events, rules, selectors
@@ -530,11 +530,14 @@ def _run_group(group: list[Member]) -> None:
     try:
         _run(group)
     except Exception as exc:
-        if len(group) == 1:
-            group[0].error = exc
+        if len(group) == 1 or isinstance(exc, OperationalError | InterfaceError):
+            # The database is unreachable: running each member again would only make each
+            # wait out the connection timeout in turn. Every member gets the error.
+            for member in group:
+                member.error = exc
         else:
-            # The shared transaction failed as a whole (the database went away, a statement
-            # failed): run each member on its own, so one member's failure is only its own.
+            # The shared transaction failed as a whole (a statement failed, a bug in one
+            # writer): run each member on its own, so one member's failure is only its own.
             for member in group:
                 member.result, member.error = None, None
                 try:

@@ -835,3 +835,17 @@ def test_bulk_query_count_is_constant(db, django_assert_num_queries, size):
     # savepoint, bump, read, delete, write entries, write events, move the revision, release
     with django_assert_num_queries(8):
         services.state_bulk(operations=operations)
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_a_failing_doorbell_is_logged_and_the_write_stands(settings, caplog):
+    """A channel layer that cannot be reached (a closed port) never fails a committed write."""
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": ["redis://127.0.0.1:1/0"]},
+        }
+    }
+    entry, _ = services.state_set(key="a", value=1)
+    assert selectors.entry_get(key="a").value == 1 and entry.version == 1
+    assert any("on_commit" in record.getMessage() for record in caplog.records)

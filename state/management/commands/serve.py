@@ -11,6 +11,22 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand
 from rest_framework.authtoken.models import Token
 
+from state import stream
+
+
+def daphne_command(*, host: str, port: int) -> list[str]:
+    """Return the daphne command line `serve` runs, its message limits from the store's own.
+
+    daphne (autobahn) refuses to send a WebSocket message larger than its limit, 1 MiB by
+    default, which a change of a 1 MiB value already exceeds.
+    """
+    limit = str(stream.max_message_bytes())
+    return [
+        sys.executable, "-m", "daphne", "-b", host, "-p", str(port),
+        "--websocket-max-message-size", limit, "--websocket-max-frame-size", limit,
+        "config.asgi:application",
+    ]  # fmt: skip
+
 
 class Command(BaseCommand):
     help = (
@@ -43,8 +59,7 @@ class Command(BaseCommand):
             f"  docs: {base}/api/docs/\n"
         )
         manage = [sys.executable, os.path.abspath(sys.argv[0])]
-        daphne = [sys.executable, "-m", "daphne", "-b", host, "-p", str(port)]
-        children = [subprocess.Popen([*daphne, "config.asgi:application"])]
+        children = [subprocess.Popen(daphne_command(host=host, port=port))]
         if not no_worker:
             children.append(subprocess.Popen([*manage, "state_worker"]))
         stopping = []

@@ -2,10 +2,11 @@
 
 import base64
 import binascii
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import IO
 
 from django.conf import settings
@@ -13,8 +14,9 @@ from django.db import connection, transaction
 from django.db.models import Count, Q, QuerySet, Sum, TextField
 from django.db.models.functions import Cast
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
-from . import snapshots
+from . import crypto, snapshots
 from .exceptions import InvalidSnapshot, NotFound, ValidationFailed
 from .models import Snapshot, StateEntry, StateEvent, StoreRevision, snapshot_storage
 from .rules import KEY_PATTERN
@@ -29,23 +31,77 @@ def _is_live(entry: StateEntry, now: datetime) -> bool:
     return entry.expires_at is None or entry.expires_at > now
 
 
-_ENTRY_BY_KEY = f'SELECT * FROM {StateEntry._meta.db_table} WHERE "key" = %s'
+def _plain(entry: StateEntry) -> StateEntry:
+    """Decrypt an entry's value in place (encryption at rest: state/crypto.py)."""
+    entry.value = crypto.unseal(entry.key, entry.value)
+    return entry
+
+
+def _plain_event(event: StateEvent) -> StateEvent:
+    """Decrypt an event row's old and new values in place."""
+    event.old_value, event.new_value = crypto.unseal_event(
+        event.key, event.op, event.old_value, event.new_value
+    )
+    return event
+
+
+# --- entry rows by key, raw --------------------------------------------------------------
+# The hottest reads (a GET, and the write path's read under the store lock) skip the ORM:
+# its query compiler and model building were half of a GET's CPU in the bench profile.
+# Values and metadata come back as JSON text, so the write path can keep old values undecoded.
+
+ENTRY_COLUMNS = (
+    "key", "value", "metadata", "version", "revision", "created_at", "updated_at", "expires_at",
+    "source", "size",
+)  # fmt: skip
+
+
+def read_datetime(value) -> datetime | None:
+    """A datetime column as a raw query returns it (SQLite's are naive UTC)."""
+    if value is None:
+        return None
+    parsed = value if isinstance(value, datetime) else parse_datetime(value)
+    return parsed.replace(tzinfo=UTC) if parsed is not None and parsed.tzinfo is None else parsed
+
+
+def entry_rows(*, keys: list[str]) -> list[tuple]:
+    """Return the stored rows of `keys` (any order), columns as ENTRY_COLUMNS, JSON as text."""
+    postgres = connection.vendor == "postgresql"
+    cast = "::text" if postgres else ""
+    columns = ", ".join(
+        f'"{c}"{cast}' if c in ("value", "metadata") else f'"{c}"' for c in ENTRY_COLUMNS
+    )
+    if len(keys) == 1:
+        where, params = '"key" = %s', keys
+    elif postgres:
+        where, params = '"key" = ANY(%s)', [keys]
+    else:
+        where, params = f'"key" IN ({", ".join(["%s"] * len(keys))})', keys
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {columns} FROM {StateEntry._meta.db_table} WHERE {where}", params)
+        return cursor.fetchall()
 
 
 def entry_get(*, key: str) -> StateEntry | None:
     """Return the live entry for `key`, or None when absent or expired."""
-    # The hottest read of the API: a raw primary-key SELECT skips the ORM's query
-    # compiler, which cost half of this function's CPU in the bench profile.
-    entry = next(iter(StateEntry.objects.raw(_ENTRY_BY_KEY, [key])), None)
-    if entry is None or not _is_live(entry, timezone.now()):
+    rows = entry_rows(keys=[key])
+    if not rows:
         return None
-    return entry
+    key, value, metadata, version, revision, created, updated, expires, source, size = rows[0]
+    expires_at = read_datetime(expires)
+    if expires_at is not None and expires_at <= timezone.now():
+        return None
+    return _plain(StateEntry(
+        key=key, value=json.loads(value), metadata=json.loads(metadata), version=version,
+        revision=revision, created_at=read_datetime(created), updated_at=read_datetime(updated),
+        expires_at=expires_at, source=source, size=size,
+    ))  # fmt: skip
 
 
 def entries_get_many(*, keys: list[str]) -> dict[str, StateEntry | None]:
     """Return each key's live entry (or None), in the order asked, with one query."""
     now = timezone.now()
-    found = {e.key: e for e in StateEntry.objects.filter(key__in=keys) if _is_live(e, now)}
+    found = {e.key: _plain(e) for e in StateEntry.objects.filter(key__in=keys) if _is_live(e, now)}
     return {key: found.get(key) for key in keys}
 
 
@@ -159,7 +215,7 @@ def entries_list(
     matching, page, limit = _entries_page(
         prefix=prefix, readable=readable, limit=limit, cursor=cursor
     )
-    entries = list(page[: limit + 1])
+    entries = [_plain(entry) for entry in page[: limit + 1]]
     return _page(entries, total=matching.count(), limit=limit, last_key=lambda e: e.key), revision
 
 
@@ -172,7 +228,7 @@ def key_history(*, key: str, limit: int | None = None, cursor: str | None = None
         if not before.isdigit():
             raise ValidationFailed("The cursor is not valid.", field="cursor")
         events = events.filter(revision__lt=int(before))
-    items = list(events[: limit + 1])
+    items = [_plain_event(event) for event in events[: limit + 1]]
     return _page(items, total=StateEvent.objects.filter(key=key).count(), limit=limit,
                  last_key=lambda event: event.revision)  # fmt: skip
 
@@ -230,7 +286,7 @@ def events_after(
         for prefix in prefixes:
             wanted |= Q(key__startswith=prefix)
         rows = rows.filter(wanted)
-    return list(rows[:limit])
+    return [_plain_event(row) for row in rows[:limit]]
 
 
 def event_log_oldest_revision() -> int | None:

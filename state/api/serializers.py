@@ -95,6 +95,16 @@ class BulkInput(serializers.Serializer):
     source = _text(required=False)
 
 
+class BulkParse(BulkInput):
+    """What `bulk` parses: BulkInput's outer shape; the service checks each operation.
+
+    A nested serializer per operation cost 0.15 s of a 1,000-operation bulk (more than the
+    transaction); the service validates every field of every operation anyway.
+    """
+
+    operations = serializers.ListField(allow_empty=False)
+
+
 # --- responses ----------------------------------------------------------------------------
 
 

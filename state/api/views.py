@@ -327,10 +327,14 @@ class StateViewSet(viewsets.ViewSet):
     )  # fmt: skip
     @action(detail=False, methods=["post"])
     def bulk(self, request: Request) -> Response:
-        body = parse(s.BulkInput, request.data)
-        operations = [dict(operation) for operation in body["operations"]]
+        body = parse(s.BulkParse, request.data)
+        operations = body["operations"]
         for index, operation in enumerate(operations):
             try:
+                if not isinstance(operation, dict) or not isinstance(operation.get("key"), str):
+                    raise ValidationFailed(
+                        "Each operation is an object with a string 'key'.", field="operations"
+                    )
                 require_write(request, operation["key"])
             except StateError as exc:
                 exc.details["index"] = index

@@ -5,6 +5,7 @@ writes the audit event and publishes the change for broadcast after commit.
 """
 
 from ..rules import INT64_MAX, INT64_MIN, KEY_PATTERN, MISSING, RESERVED_KEYS, validate_key
+from .encryption import Reencrypted, values_reencrypt, values_stale  # noqa: F401 (issue 11)
 from .entries import (
     BulkResult,
     CasResult,

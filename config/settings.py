@@ -128,6 +128,9 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# Admin and live page (issue 10): where collectstatic puts files for WhiteNoise to serve; the
+# end-to-end tests collect into a directory of their own.
+STATIC_ROOT = env.path("STATIC_ROOT", default=STATIC_ROOT)
 MEDIA_ROOT = env.path("MEDIA_ROOT", default=BASE_DIR / "var" / "media")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},

@@ -415,7 +415,8 @@ def _write_rows(rows: list[Row]) -> None:
         _ROW_COLUMNS,
         [
             [
-                row.key, row.text, _json(row.metadata), row.version, row.revision,
+                row.key, row.text, _json(row.metadata) if row.metadata else "{}", row.version,
+                row.revision,
                 adapt(row.created_at), adapt(row.updated_at),
                 adapt(row.expires_at) if row.expires_at is not None else None,
                 row.source, row.size,

@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -27,7 +28,8 @@ import pytest
 from django.conf import settings
 
 ROOT = Path(__file__).resolve().parents[2]
-PORTS = range(18500, 18600)
+# Drawn at random, as in tests/e2e/conftest.py, so side-by-side runs rarely collide.
+PORTS = range(40000, 50000)
 
 SEED = """
 import json
@@ -48,7 +50,7 @@ def _postgres_run_only() -> None:
 
 
 def free_port() -> int:
-    for port in PORTS:
+    for port in random.sample(PORTS, 200):
         if port in _used_ports:
             continue
         with socket.socket() as probe:
@@ -59,7 +61,7 @@ def free_port() -> int:
                 continue
         _used_ports.add(port)
         return port
-    raise RuntimeError("No free port in 18500-18599.")
+    raise RuntimeError(f"No free port found in {PORTS}.")
 
 
 _used_ports: set[int] = set()

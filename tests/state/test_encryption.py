@@ -407,3 +407,20 @@ def test_a_plain_key_may_hold_a_value_shaped_like_a_sealed_one(encrypted, staff_
     staff_client.put(f"{URL}/secret:look", {"value": lookalike}, format="json")
     assert staff_client.get(f"{URL}/secret:look").json()["data"]["value"] == lookalike
     assert "not-a-token" not in raw_entries()["secret:look"]
+
+
+def test_admin_edits_the_plain_value_of_an_encrypted_key(encrypted, client, db):
+    from django.contrib.auth.models import User
+
+    from tests.state.test_admin import change_url
+
+    client.force_login(User.objects.create_superuser("root", password="pw-root-1"))
+    services.state_set(key="secret:db", value={"password": "hunter2"})
+    page = client.get(change_url("secret:db")).content.decode()
+    assert "hunter2" in page and "$fernet" not in page
+    entry = selectors.entry_get(key="secret:db")
+    form = {"value_text": '{"password": "hunter3"}', "metadata_text": "{}", "ttl": "",
+            "loaded_version": entry.version}  # fmt: skip
+    assert client.post(change_url("secret:db"), form).status_code == 302
+    assert selectors.entry_get(key="secret:db").value == {"password": "hunter3"}
+    assert "hunter3" not in raw_entries()["secret:db"]

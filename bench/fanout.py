@@ -23,6 +23,7 @@ import json
 import os
 import re
 import resource
+import secrets
 import shutil
 import subprocess
 import sys
@@ -75,6 +76,7 @@ def database(backend: str, redis: bool, layer: str):
     """Yield (env, tokens) for servers on a fresh, migrated database."""
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env.update(DEBUG="false", LOG_LEVEL="WARNING", STATE_STREAM_REDIS_LAYER=layer)
+    env.setdefault("SECRET_KEY", secrets.token_urlsafe(50))  # servers refuse the embedded default
     if redis:
         env["REDIS_URL"] = REDIS_URL
     tmp = tempfile.mkdtemp(prefix="fanout-")

@@ -13,12 +13,14 @@ Examples:
   .venv/bin/python bench/run.py --db sqlite
   .venv/bin/python bench/run.py --sqlite-writers      # SQLite, 32 concurrent PUT connections
   .venv/bin/python bench/run.py --compare-servers     # daphne/uvicorn/granian x 1,2,4 processes
+  .venv/bin/python bench/run.py --rate-limiter        # our GET, rate limiter off vs on
 """
 
 import argparse
 import atexit
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -37,8 +39,9 @@ PORTS = range(18200, 18300)
 PG_URL = "postgres://postgres@127.0.0.1:5432"
 # One database per bench run (two runs side by side must not drop each other's), dropped at exit.
 PG_DB = f"statehub_bench_{os.getpid()}"
-REDIS_URL = "redis://127.0.0.1:6379/2"
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/2")
 KEYS = 100
+BENCH_SECRET_KEY = secrets.token_urlsafe(50)
 
 # name: (wrk mode, path (a key is appended for get/put), sends our token).
 # The baselines come twice: as a Django user gets them (Django's stock ASGI handler, under
@@ -130,6 +133,7 @@ def seed(url: str, connections: int) -> str:
 def server_env(url: str, *, redis: bool) -> dict[str, str]:
     env = dict(os.environ)
     env.update(DJANGO_SETTINGS_MODULE="bench.settings", DATABASE_URL=url, PYTHONPATH=str(ROOT))
+    env.setdefault("SECRET_KEY", BENCH_SECRET_KEY)  # servers refuse the embedded default
     env.pop("REDIS_URL", None)
     if redis:
         env["REDIS_URL"] = REDIS_URL
@@ -496,6 +500,39 @@ def bench(
     return results
 
 
+def rate_limiter(args, *, workdir: Path) -> None:
+    """Our GET with the rate limiter off and on (a rate never reached), alternating, one DB."""
+    db = args.db
+    url = prepare_database(db, workdir)
+    token = seed(url, args.connections)
+    redis = args.redis and db == "pg"
+    # Counting happens on every request; this rate is never reached, so none is refused.
+    configs = {"off": {}, "on": {"STATE_RATE_LIMIT_READ": "1000000000/m"}}
+    rounds: dict[str, list[Result]] = {name: [] for name in configs}
+    cache = "Redis" if redis else "local memory"
+    print(f"# our GET, rate limiter off/on x{args.rounds}, db={db}, cache={cache}, "
+          f"{args.connections} connections, {args.duration}s each", flush=True)  # fmt: skip
+    for _ in range(args.rounds):
+        for name, extra in configs.items():
+            env = {**server_env(url, redis=redis), "BENCH_HTTP": args.http, **extra}
+            server = Server(kind=args.server, workers=args.workers, app=args.app, env=env)
+            server.start()
+            try:
+                run_wrk("our GET", server=server, token=token, connections=args.connections,
+                        duration=min(2, args.duration), timeout=args.timeout)  # fmt: skip
+                result = run_wrk("our GET", server=server, token=token,
+                                 connections=args.connections, duration=args.duration,
+                                 timeout=args.timeout)  # fmt: skip
+            finally:
+                server.stop()
+            rounds[name].append(result)
+            print(f"  limiter {name:<3} {result.rps:8.0f} req/s  p50 {result.p50_ms:6.1f} ms  "
+                  f"p99 {result.p99_ms:6.1f} ms  {errors_text(result)}", flush=True)  # fmt: skip
+    mean = {name: sum(r.rps for r in results) / len(results) for name, results in rounds.items()}
+    print(f"\nour GET: limiter off {mean['off']:.0f} req/s, on {mean['on']:.0f} req/s "
+          f"(mean of {args.rounds}): on/off = {mean['on'] / mean['off']:.2f}x")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -549,6 +586,13 @@ def main() -> None:
         help="our GET and PUT on PostgreSQL under daphne, uvicorn and granian "
         "with 1, 2 and 4 processes",
     )
+    parser.add_argument(
+        "--rate-limiter",
+        action="store_true",
+        help="our GET with the rate limiter off and on (never reached), alternating --rounds "
+        "times on one database; prints the on/off throughput ratio",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="--rate-limiter rounds (2)")
     parser.add_argument("--raw", action="store_true", help="print wrk's full output")
     args = parser.parse_args()
     scenarios = [name.strip() for name in args.scenarios.split(",") if name.strip()]
@@ -558,7 +602,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="statehub-bench-") as tmp:
         workdir = Path(tmp)
-        if args.sqlite_writers:
+        if args.rate_limiter:
+            rate_limiter(args, workdir=workdir)
+        elif args.sqlite_writers:
             results = bench(
                 args,
                 ["our PUT", "naive PUT", "naive PUT+"],

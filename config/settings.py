@@ -1,8 +1,10 @@
 """statehub settings: the only module that reads the environment."""
 
+import re
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -10,10 +12,37 @@ env = environ.Env()
 if (BASE_DIR / ".env").is_file():  # optional; read_env logs a warning-like line when absent
     environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
-SECRET_KEY = env.str("SECRET_KEY", default="statehub-dev-insecure-set-SECRET_KEY-in-production")
+# --- secrets and HTTPS (issue 11) -----------------------------------------------------------
+# Without SECRET_KEY the embedded default key applies: enough for tests and manage.py tools,
+# but a server (config/asgi.py) refuses to start with it unless DEBUG is true. `manage.py
+# serve` generates a key once into STATE_SECRET_KEY_FILE (git-ignored) and hands it to the
+# processes it starts. "django-insecure-" makes `check --deploy` flag it too.
+STATE_INSECURE_SECRET_KEY = "django-insecure-statehub-embedded-default-set-SECRET_KEY"
+# Read verbatim: django-environ would take a value starting with "$" for a reference to
+# another variable (and Django's own key generator uses "$").
+SECRET_KEY = env.ENVIRON.get("SECRET_KEY", "") or STATE_INSECURE_SECRET_KEY
+STATE_SECRET_KEY_FILE = env.path("STATE_SECRET_KEY_FILE", default=BASE_DIR / "var" / "secret_key")
 DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# Behind TLS (STATE_HTTPS=true): redirect to https, HSTS for a year, cookies only over https.
+# Each can be set on its own; the loopback demo speaks plain HTTP, so all are off by default.
+STATE_HTTPS = env.bool("STATE_HTTPS", default=False)
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=STATE_HTTPS)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=365 * 24 * 3600 if STATE_HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=STATE_HTTPS)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=STATE_HTTPS)
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=STATE_HTTPS)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=STATE_HTTPS)
+# A TLS-terminating proxy in front: "HTTP_X_FORWARDED_PROTO,https" (only if it sets the header).
+if _proxy_ssl := env.list("SECURE_PROXY_SSL_HEADER", default=[]):
+    SECURE_PROXY_SSL_HEADER = tuple(_proxy_ssl)
+# Probes and scrapers inside the network speak plain HTTP to the process.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
 
 INSTALLED_APPS = [
     "daphne",
@@ -178,7 +207,6 @@ STATE_MAX_MGET_KEYS = env.int("STATE_MAX_MGET_KEYS", default=1000)
 STATE_LIST_DEFAULT_LIMIT = env.int("STATE_LIST_DEFAULT_LIMIT", default=1000)
 STATE_LIST_MAX_LIMIT = env.int("STATE_LIST_MAX_LIMIT", default=10000)
 STATE_HOT_KEYS = env.int("STATE_HOT_KEYS", default=10)
-STATE_HOT_KEYS_WINDOW = env.int("STATE_HOT_KEYS_WINDOW", default=1000)
 STATE_PUBLIC_PREFIXES = env.list(
     "STATE_PUBLIC_PREFIXES", default=["global:", "market:", "feature_flag:"]
 )
@@ -228,9 +256,72 @@ STATE_TOKEN_CACHE_SECS = env.float("STATE_TOKEN_CACHE_SECS", default=2.0)
 STATE_ENCRYPTED_PREFIXES = env.list("STATE_ENCRYPTED_PREFIXES", default=[])
 STATE_ENCRYPTION_KEYS = env.list("STATE_ENCRYPTION_KEYS", default=[])
 
+# --- operations (issue 11): metrics, logs, rate limits, caches ----------------------------
+# /metrics: without a token only loopback clients may scrape; with one, every client must send
+# `Authorization: Bearer <token>` (a proxy on the same host makes every client look local).
+STATE_METRICS_TOKEN = env.str("STATE_METRICS_TOKEN", default="")
+# Where prometheus-client's multiprocess mode keeps each process's values (read by the library
+# itself, at import, from the environment; named here so the settings list it). `serve` sets it.
+PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default="")
+# /readyz: how long each dependency check may take before it counts as down.
+STATE_READYZ_TIMEOUT_SECS = env.float("STATE_READYZ_TIMEOUT_SECS", default=2.0)
+# hot_keys in /stats: reads and writes counted 1 in STATE_HOT_KEYS_SAMPLE, in windows of
+# STATE_HOT_KEYS_WINDOW_SECS (the current one plus the previous one, linearly decayed).
+STATE_HOT_KEYS_SAMPLE = env.int("STATE_HOT_KEYS_SAMPLE", default=1)
+STATE_HOT_KEYS_WINDOW_SECS = env.int("STATE_HOT_KEYS_WINDOW_SECS", default=300)
+STATE_HOT_KEYS_CAPACITY = env.int("STATE_HOT_KEYS_CAPACITY", default=1000)
+STATE_HOT_KEYS_FLUSH_SECS = env.float("STATE_HOT_KEYS_FLUSH_SECS", default=1.0)
+
+# Rate limits per user and operation class, DRF's "N/s", "N/m", "N/h" or "N/d"; "0" or empty
+# turns a class off. Off by default: the embedded default serves one trusted loopback user.
+# The API's viewsets always carry the throttle (state/api/throttling.py); without a rate it
+# returns at once.
+STATE_RATE_LIMITS = {
+    scope: rate
+    for scope in ("read", "write", "bulk", "snapshot")
+    if (rate := env.str(f"STATE_RATE_LIMIT_{scope.upper()}", default="").strip()) not in ("", "0")
+}
+for _scope, _rate in STATE_RATE_LIMITS.items():
+    if not re.fullmatch(r"[0-9]+/(s|sec|second|m|min|minute|h|hour|d|day)", _rate):
+        raise ImproperlyConfigured(
+            f"STATE_RATE_LIMIT_{_scope.upper()} must look like 100/s, 6000/min, 1000/h or 0 (off),"
+            f" not {_rate!r}."
+        )
+# The cache rate limits count in: shared by every process through Redis when REDIS_URL is set.
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
+         "KEY_PREFIX": "statehub",
+         # A Redis that is down costs a request at most this, then the limiter lets it pass.
+         "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5}}
+        if REDIS_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    )
+}  # fmt: skip
+
+# Logs: plain text, or one JSON object a line (STATE_LOG_FORMAT=json), both with every secret
+# redacted (config/logging.py). The servers' own loggers go through the same handler.
+STATE_LOG_FORMAT = env.str("STATE_LOG_FORMAT", default="text")
+if STATE_LOG_FORMAT not in ("text", "json"):
+    raise ImproperlyConfigured(f"STATE_LOG_FORMAT must be text or json, not {STATE_LOG_FORMAT!r}.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {"correlation": {"()": "config.logging.CorrelationIdFilter"}},
+    "formatters": {
+        "text": {"()": "config.logging.RedactingFormatter"},
+        "json": {"()": "config.logging.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": STATE_LOG_FORMAT,
+            "filters": ["correlation"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {
+        name: {"handlers": ["console"], "propagate": False}
+        for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "daphne", "django.server")
+    },
 }

@@ -15,7 +15,7 @@ from django.db.models import Count, Q, QuerySet, Sum, TextField
 from django.db.models.functions import Cast
 from django.utils import timezone
 
-from . import crypto, diffs, snapshots
+from . import crypto, diffs, hotkeys, snapshots
 from .exceptions import InvalidSnapshot, NotFound, ValidationFailed
 from .models import Snapshot, StateEntry, StateEvent, StoreRevision, snapshot_storage
 from .rules import KEY_PATTERN
@@ -237,7 +237,9 @@ def key_history(*, key: str, limit: int | None = None, cursor: str | None = None
                  last_key=lambda event: event.revision)  # fmt: skip
 
 
-def store_stats(*, readable: Q | None = None) -> dict:
+def store_stats(
+    *, readable: Q | None = None, can_read: Callable[[str], bool] | None = None
+) -> dict:
     """Return counts and sizes of the live store as seen by a reader, and its hottest keys."""
     now = timezone.now()
     live = _live(now)
@@ -249,16 +251,9 @@ def store_stats(*, readable: Q | None = None) -> dict:
         expiring_keys=Count("key", filter=Q(expires_at__isnull=False)),
         metadata_keys=Count("key", filter=~Q(metadata={})),
     )
-    recent = StateEvent.objects.order_by("-revision")[: settings.STATE_HOT_KEYS_WINDOW]
-    recent_ids = StateEvent.objects.filter(revision__in=recent.values("revision"))
-    hot = recent_ids.exclude(key="")
-    if readable is not None:
-        hot = hot.filter(readable)
     hot_keys = [
-        {"key": row["key"], "changes": row["changes"]}
-        for row in hot.values("key")
-        .annotate(changes=Count("revision"))
-        .order_by("-changes", "key")[: settings.STATE_HOT_KEYS]
+        {"key": hot.key, "accesses": hot.accesses}
+        for hot in hotkeys.top(settings.STATE_HOT_KEYS, can_read=can_read)
     ]
     return {
         "total_keys": totals["total_keys"],
@@ -269,6 +264,18 @@ def store_stats(*, readable: Q | None = None) -> dict:
         "event_log_size": StateEvent.objects.count(),
         "hot_keys": hot_keys,
         **snapshot_stats(),
+    }
+
+
+def store_totals() -> dict[str, int]:
+    """Return the live key count and bytes, the revision, log rows and snapshots (for /metrics)."""
+    totals = _live().aggregate(keys=Count("key"), bytes=Sum("size"))
+    return {
+        "keys": totals["keys"],
+        "bytes": totals["bytes"] or 0,
+        "revision": store_revision(),
+        "event_log_rows": StateEvent.objects.count(),
+        "snapshots": Snapshot.objects.count(),
     }
 
 

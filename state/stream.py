@@ -29,7 +29,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from . import access, events, rules, selectors
+from . import access, events, metrics, rules, selectors
 from .models import StateEvent
 
 logger = logging.getLogger(__name__)
@@ -217,6 +217,7 @@ class Subscription:
 
     def _lag(self, revision: int) -> None:
         self.lagged_at = self._delivered(revision)
+        metrics.STREAM_LAGGED.inc()
         self._outbox.clear()
         self._wake.set()
 
@@ -455,6 +456,7 @@ class Subscription:
                 len(text.encode()), self.failed_at, exc_info=True,
             )  # fmt: skip
             return False
+        metrics.STREAM_FRAMES_SENT.inc()
         return True
 
     async def _cut_off(self, code: str, message: str, last_revision: int) -> None:
@@ -532,11 +534,13 @@ class Hub:
             send=send, close=close,
         )  # fmt: skip
         self.subscriptions.add(subscription)
+        metrics.STREAM_SUBSCRIBERS.set(len(self.subscriptions))
         return subscription
 
     def close(self, subscription: Subscription) -> None:
         subscription.cancel()
         self.subscriptions.discard(subscription)
+        metrics.STREAM_SUBSCRIBERS.set(len(self.subscriptions))
         if not self.subscriptions and not self._opening:
             self.stop()
 

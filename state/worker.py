@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import close_old_connections
 
-from . import selectors, services
+from . import metrics, selectors, services
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +135,8 @@ class Worker:
             result, error = "failed", traceback.format_exc()
             logger.exception("worker job %s failed", job.name)
         services.worker_job_finish(name=job.name, owner=self.name, result=result, error=error)
+        metrics.WORKER_JOB_RUNS.labels(job.name, "failed" if error else "ok").inc()
+        metrics.WORKER_JOB_SECONDS.labels(job.name).observe(time.monotonic() - started)
         # The expiry sweep runs every second: only runs that did something are worth a line.
         idle = result.startswith(IDLE_RESULTS)
         logger.log(

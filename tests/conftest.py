@@ -1,21 +1,37 @@
 """Shared fixtures: users and API clients per role, and the events a commit would broadcast."""
 
+import os
+import secrets
 from collections.abc import Iterator
 
 import pytest
+from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.db import connection
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from state import events as state_events
+from state import hotkeys
 from state.models import AccessRule
+
+# The suite is not a deployment, but config/asgi.py refuses the embedded default key when DEBUG
+# is false: one random key for this process (which imports config.asgi) and every server it starts.
+if not os.environ.get("SECRET_KEY"):
+    os.environ["SECRET_KEY"] = settings.SECRET_KEY = secrets.token_urlsafe(50)
 
 
 @pytest.fixture(autouse=True)
 def _fast_password_hashing(settings) -> None:
     """Hash fixture passwords cheaply: PBKDF2 made each user fixture cost ~0.2 s."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _no_hot_keys() -> Iterator[None]:
+    """Start every test with no access counts (they live in the process, or in Redis)."""
+    hotkeys.reset()
+    yield
 
 
 def _client(user: User | None) -> APIClient:

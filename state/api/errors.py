@@ -1,5 +1,6 @@
 """Turn every error into the API envelope: {"success": false, "error": {code, message, details}}."""
 
+import math
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
@@ -59,9 +60,9 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     headers = {}
     if auth_header := getattr(exc, "auth_header", None):
         headers["WWW-Authenticate"] = auth_header
-    if wait := getattr(exc, "wait", None):
-        headers["Retry-After"] = str(int(wait))
-        details["retry_after"] = int(wait)
+    if (wait := getattr(exc, "wait", None)) is not None:
+        headers["Retry-After"] = str(math.ceil(wait))  # whole seconds, never 0 too early
+        details["retry_after"] = math.ceil(wait)
     return Response(
         error_body(code, _message(exc.detail), details), status=exc.status_code, headers=headers
     )

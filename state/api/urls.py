@@ -11,7 +11,11 @@ router = SimpleRouter(trailing_slash=False)
 router.register("", StateViewSet, basename="state")
 
 urlpatterns = [
-    path("snapshot", SnapshotViewSet.as_view({"post": "create"}), name="snapshot-take"),
+    path(
+        "snapshot",
+        SnapshotViewSet.as_view({"post": "create"}, basename="snapshot"),
+        name="snapshot-take",
+    ),
     *snapshot_router.urls,
     *router.urls,
 ]

@@ -6,16 +6,17 @@ from django.conf import settings
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
-from rest_framework import permissions, serializers, status, viewsets
+from rest_framework import permissions, serializers, status
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from state import access, selectors, services, snapshots
+from state import access, hotkeys, selectors, services, snapshots
 from state.exceptions import NotFound, PermissionDenied, StateError, ValidationFailed
 
 from . import serializers as s
 from .errors import error_body
+from .operations import InstrumentedViewSet
 
 ERRORS = {code: s.ERROR_ENVELOPE for code in (400, 401, 403, 404, 409, 413)}
 ENTRY = s.enveloped("EntryResponse", s.EntrySerializer(include_metadata=True))
@@ -84,7 +85,7 @@ def entry_data(entry, *, include_metadata: bool = False) -> dict[str, Any]:
 KEY_PARAM = OpenApiParameter("key", str, OpenApiParameter.PATH, description="The state key.")
 
 
-class StateViewSet(viewsets.ViewSet):
+class StateViewSet(InstrumentedViewSet):
     """Keys, values, versions and the operations on them."""
 
     lookup_field = "key"
@@ -95,6 +96,7 @@ class StateViewSet(viewsets.ViewSet):
         # Most reads carry no query string: skip building a serializer for nothing.
         query = parse(s.ReadQuery, request.query_params) if request.query_params else {}
         require_read(request, key)
+        hotkeys.record(key)
         entry = selectors.entry_get(key=key)
         if entry is None:
             raise NotFound(f"Key '{key}' does not exist.", key=key)
@@ -110,6 +112,7 @@ class StateViewSet(viewsets.ViewSet):
     def update(self, request: Request, key: str) -> Response:
         body = parse(s.SetInput, request.data)
         require_write(request, key)
+        hotkeys.record(key)
         if "key" in body and body["key"] != key:
             raise ValidationFailed("The body's key differs from the key in the path.", field="key")
         expected = body.get("expected_version")
@@ -143,6 +146,7 @@ class StateViewSet(viewsets.ViewSet):
     def destroy(self, request: Request, key: str) -> Response:
         query = parse(s.DeleteQuery, request.query_params)
         require_write(request, key)
+        hotkeys.record(key)
         expected = query.get("expected_version")
         if expected is None:
             expected = if_match_version(request)
@@ -166,12 +170,14 @@ class StateViewSet(viewsets.ViewSet):
     def metadata(self, request: Request, key: str) -> Response:
         if request.method == "GET":
             require_read(request, key)
+            hotkeys.record(key)
             entry = selectors.entry_get(key=key)
             if entry is None:
                 raise NotFound(f"Key '{key}' does not exist.", key=key)
             return ok(entry.metadata)
         body = parse(s.MetadataInput, request.data)
         require_write(request, key)
+        hotkeys.record(key)
         entry = services.state_set_metadata(
             key=key, metadata=body["metadata"], source=body.get("source", "api"),
             actor=actor(request),
@@ -269,6 +275,7 @@ class StateViewSet(viewsets.ViewSet):
             )
         for key in keys:
             require_read(request, key)
+        hotkeys.record(*keys)
         found = selectors.entries_get_many(keys=keys)
         return ok({"entries": {key: entry_data(e) if e else None for key, e in found.items()}})
 
@@ -284,6 +291,7 @@ class StateViewSet(viewsets.ViewSet):
     def cas(self, request: Request) -> Response:
         body = parse(s.CasInput, request.data)
         require_write(request, body["key"])
+        hotkeys.record(body["key"])
         result = services.state_cas(
             key=body["key"],
             expected=body.get("expected", services.MISSING),
@@ -307,6 +315,7 @@ class StateViewSet(viewsets.ViewSet):
     def incr(self, request: Request) -> Response:
         body = parse(s.IncrInput, request.data)
         require_write(request, body["key"])
+        hotkeys.record(body["key"])
         entry = services.state_incr(
             key=body["key"],
             by=body["by"],
@@ -339,6 +348,7 @@ class StateViewSet(viewsets.ViewSet):
             except StateError as exc:
                 exc.details["index"] = index
                 raise
+        hotkeys.record(*(operation["key"] for operation in operations))
         results = services.state_bulk(
             operations=operations,
             atomic=body["atomic"],
@@ -350,7 +360,13 @@ class StateViewSet(viewsets.ViewSet):
     @extend_schema(responses={200: s.enveloped("Stats", serializers.DictField()), **ERRORS})
     @action(detail=False, methods=["get"])
     def stats(self, request: Request) -> Response:
-        return ok(selectors.store_stats(readable=access.readable_filter(request.user)))
+        user = request.user
+        return ok(
+            selectors.store_stats(
+                readable=access.readable_filter(user),
+                can_read=lambda key: access.can_read(user, key),
+            )
+        )
 
 
 def _bulk_result(result: services.BulkResult) -> dict[str, Any]:
@@ -370,7 +386,7 @@ SNAPSHOT = s.enveloped("SnapshotResponse", s.SnapshotSerializer())
 SNAPSHOT_ID = OpenApiParameter("id", int, OpenApiParameter.PATH, description="The snapshot id.")
 
 
-class SnapshotViewSet(viewsets.ViewSet):
+class SnapshotViewSet(InstrumentedViewSet):
     """Snapshots of the whole store: take, list, show, download, restore, delete. Staff only."""
 
     permission_classes = [permissions.IsAdminUser]

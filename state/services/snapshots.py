@@ -3,6 +3,7 @@
 import logging
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from django.conf import settings
 from django.core.files import File
 from django.db import connection, transaction
 
-from .. import crypto, events, rules, selectors, snapshots
+from .. import crypto, events, metrics, rules, selectors, snapshots
 from ..exceptions import InvalidSnapshot, NotFound, StateError, ValidationFailed
 from ..models import Snapshot, StateEntry, StateEvent, snapshot_storage
 from .writes import _record_write, _write
@@ -50,6 +51,7 @@ def snapshot_create(
     """Write the store at one revision to snapshot storage, record it, prune to `keep` newest."""
 
     label = rules.clean_label(label)
+    started = time.monotonic()
     with tempfile.TemporaryFile(prefix="statehub-snapshot-") as spool:
         header, written = selectors.snapshot_dump(target=spool, progress=progress)
         spool.seek(0)
@@ -74,6 +76,8 @@ def snapshot_create(
     except BaseException:
         snapshot_storage().delete(name)
         raise
+    metrics.SNAPSHOT_SECONDS.observe(time.monotonic() - started)
+    metrics.SNAPSHOT_BYTES.observe(snapshot.compressed_size)
     return snapshot
 
 

@@ -58,7 +58,7 @@ def readme_server(program: str, env: dict[str, str], log: Path, taken: set[int])
                           ("$(nproc)", "1")):  # fmt: skip
         assert written in line, (written, line)
         line = line.replace(written, here)
-    line = line.replace(".venv/bin/", f"{Path(sys.executable).parent}/")
+    line = line.replace(".venv/bin/", f"{Path(sys.executable).parent}/").removesuffix("&")
     with started(["bash", "-c", f"exec {line}"], env, log, port) as server:
         yield server
 

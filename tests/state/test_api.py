@@ -473,7 +473,7 @@ def test_stats_reports_every_field(staff_client, time_machine):
     }  # fmt: skip
     assert (stats["total_keys"], stats["total_size"], stats["version"]) == (2, 6, 4)
     assert (stats["metadata_keys"], stats["expiring_keys"], stats["event_log_size"]) == (1, 1, 4)
-    assert stats["hot_keys"][0] == {"key": "b", "changes": 2}
+    assert stats["hot_keys"] == []  # writes through the services are not API accesses
     assert (stats["snapshots"], stats["last_snapshot_at"]) == (0, None)
 
 

@@ -6,10 +6,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
+from prometheus_client import multiprocess
 from rest_framework.authtoken.models import Token
 
 from state import stream
@@ -22,8 +25,10 @@ def daphne_command(*, host: str, port: int) -> list[str]:
     default, which a change of a 1 MiB value already exceeds.
     """
     limit = str(stream.max_message_bytes())
+    # -v 0: daphne's access log writes raw request lines (a WebSocket's ?token=…) straight
+    # to stdout, past logging and its redaction (config/logging.py).
     return [
-        sys.executable, "-m", "daphne", "-b", host, "-p", str(port),
+        sys.executable, "-m", "daphne", "-v", "0", "-b", host, "-p", str(port),
         "--websocket-max-message-size", limit, "--websocket-max-frame-size", limit,
         "config.asgi:application",
     ]  # fmt: skip
@@ -71,10 +76,12 @@ class Command(BaseCommand):
             f"  try:  curl -H 'Authorization: Bearer {token.key}' {base}/api/v1/state/stats\n"
             f"  docs: {base}/api/docs/\n"
         )
+        env = {**os.environ, "SECRET_KEY": self.secret_key()}
+        env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir()
         manage = [sys.executable, os.path.abspath(sys.argv[0])]
-        children = [subprocess.Popen(daphne_command(host=host, port=port))]
+        children = [subprocess.Popen(daphne_command(host=host, port=port), env=env)]
         if not no_worker:
-            children.append(subprocess.Popen([*manage, "state_worker"]))
+            children.append(subprocess.Popen([*manage, "state_worker"], env=env))
         stopping = []
         # SIGTERM (a supervisor, `kill`) stops the children too, like Ctrl-C does.
         signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
@@ -92,6 +99,33 @@ class Command(BaseCommand):
                     child.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     child.kill()
+        for child in children:
+            multiprocess.mark_process_dead(child.pid, env["PROMETHEUS_MULTIPROC_DIR"])
         failed = [child.args for child in children if child.returncode not in (0, -signal.SIGTERM)]
         if failed:
             self.stderr.write(f"stopped: {failed}")
+
+    def secret_key(self) -> str:
+        """Return SECRET_KEY from the environment, else the one kept in STATE_SECRET_KEY_FILE."""
+        if os.environ.get("SECRET_KEY"):
+            return os.environ["SECRET_KEY"]
+        path = Path(settings.STATE_SECRET_KEY_FILE)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Created owner-only before anything is written to it.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as file:
+                file.write(secrets.token_urlsafe(50) + "\n")
+            self.stdout.write(f"  generated SECRET_KEY into {path}\n")
+        return path.read_text().strip()
+
+    def metrics_dir(self) -> str:
+        """Return an empty PROMETHEUS_MULTIPROC_DIR shared by the server and the worker."""
+        path = Path(
+            os.environ.get("PROMETHEUS_MULTIPROC_DIR") or settings.BASE_DIR / "var" / "prometheus"
+        )
+        path.mkdir(parents=True, exist_ok=True)
+        # The library's rule: wipe the directory before the processes writing to it start.
+        for stale in path.glob("*.db"):
+            stale.unlink()
+        return str(path)

@@ -1,0 +1,83 @@
+"""Rate limits and hot keys across two real server processes: shared through Redis when
+REDIS_URL is set (the PostgreSQL run), per process on the embedded default."""
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+from django.core.cache import cache
+
+from .conftest import ROOT, Server, _free_port, _wait_ready
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def pair(e2e_env, tokens, shared_redis, tmp_path) -> Iterator[list[Server]]:
+    if shared_redis:
+        cache.clear()  # this run's Redis database: no counts left from an earlier run
+    # Not across an hour boundary: the read window below is an hour.
+    while time.time() % 3600 > 3600 - 20:
+        time.sleep(1)
+    env = {**e2e_env, "STATE_RATE_LIMIT_READ": "4/h", "STATE_HOT_KEYS_FLUSH_SECS": "0.2"}
+    started: list[tuple[subprocess.Popen, Server]] = []
+    try:
+        for _ in range(2):
+            port = _free_port({server.port for _, server in started})
+            log = tmp_path / f"daphne-{port}.log"
+            process = subprocess.Popen(
+                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+                 "config.asgi:application"],
+                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"),
+            )  # fmt: skip
+            started.append((process, Server(port=port, pid=process.pid)))
+            _wait_ready(process, port, log)
+        yield [server for _, server in started]
+    finally:
+        for process, _ in started:
+            process.terminate()
+        for process, _ in started:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if shared_redis:
+            cache.clear()
+
+
+def test_the_read_limit_counts_a_users_requests_on_every_process(pair, tokens, shared_redis):
+    a, b = pair
+    token = tokens["e2e-staff"]
+    for server in (a, a, b, b):
+        assert server.request("GET", "/api/v1/state/limits:absent", token)[0] == 404
+    status, body = b.request("GET", "/api/v1/state/limits:absent", token)
+    if shared_redis:
+        # The fifth read of the hour, wherever it lands.
+        assert status == 429 and body["error"]["code"] == "rate_limited"
+    else:
+        assert status == 404  # local memory: B has seen three of them
+
+
+def test_hot_keys_merge_the_accesses_seen_by_every_process(pair, tokens, shared_redis):
+    a, b = pair
+    token = tokens["e2e-staff"]
+    for _ in range(3):
+        a.put("hot:e2e:1", 1, token)
+    b.put("hot:e2e:2", 1, token)
+    time.sleep(1)  # a flush interval (0.2 s) or more
+
+    def hot(server: Server) -> list[dict]:
+        status, body = server.request("GET", "/api/v1/state/stats", token)
+        assert status == 200, body
+        return [row for row in body["data"]["hot_keys"] if row["key"].startswith("hot:e2e:")]
+
+    if shared_redis:
+        expected = [{"key": "hot:e2e:1", "accesses": 3},
+                    {"key": "hot:e2e:2", "accesses": 1}]  # fmt: skip
+        assert hot(a) == expected and hot(b) == expected
+    else:
+        assert hot(a) == [{"key": "hot:e2e:1", "accesses": 3}]
+        assert hot(b) == [{"key": "hot:e2e:2", "accesses": 1}]

@@ -1,0 +1,131 @@
+"""Rate limits per user and operation class, counted in Django's cache (Redis on the PG run)."""
+
+import subprocess
+import sys
+
+import pytest
+from django.conf import settings as django_settings
+from django.core.cache import cache
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from state import services
+from state.api.throttling import parse_rate
+
+URL = "/api/v1/state"
+
+
+@pytest.fixture
+def limits(settings):
+    """Turn rate limits on (per test) in a cache emptied first."""
+    cache.clear()
+    settings.STATE_RATE_LIMITS = {"read": "3/m", "write": "2/m", "bulk": "1/m"}
+    yield settings.STATE_RATE_LIMITS
+    cache.clear()
+
+
+def assert_rate_limited(response, *, within: int) -> None:
+    assert response.status_code == 429, response.content
+    body = response.json()
+    assert body["success"] is False and body["error"]["code"] == "rate_limited"
+    retry_after = int(response["Retry-After"])
+    assert 1 <= retry_after <= within
+    assert body["error"]["details"]["retry_after"] == retry_after
+
+
+def test_reads_over_the_limit_get_429_rate_limited_with_retry_after(limits, staff_client):
+    services.state_set(key="k", value=1)
+    for _ in range(3):
+        assert staff_client.get(f"{URL}/k").status_code == 200
+    assert_rate_limited(staff_client.get(f"{URL}/k"), within=60)
+    # Every read counts against the same class: a listing is refused too.
+    assert_rate_limited(staff_client.get(f"{URL}/keys"), within=60)
+
+
+def test_each_operation_class_has_its_own_count(limits, staff_client):
+    for _ in range(3):
+        staff_client.get(f"{URL}/absent")
+    assert staff_client.get(f"{URL}/absent").status_code == 429
+    # Writes still have their own budget, and bulk its own.
+    assert staff_client.put(f"{URL}/a", {"value": 1}, format="json").status_code == 201
+    assert staff_client.post(f"{URL}/incr", {"key": "n"}, format="json").status_code == 200
+    assert_rate_limited(staff_client.put(f"{URL}/a", {"value": 2}, format="json"), within=60)
+    bulk = {"operations": [{"op": "set", "key": "b", "value": 1}]}
+    assert staff_client.post(f"{URL}/bulk", bulk, format="json").status_code == 200
+    assert_rate_limited(staff_client.post(f"{URL}/bulk", bulk, format="json"), within=60)
+
+
+def test_each_user_has_their_own_count(limits, staff_client, user):
+    for _ in range(3):
+        staff_client.get(f"{URL}/global:x")
+    assert staff_client.get(f"{URL}/global:x").status_code == 429
+    other = APIClient()
+    other.credentials(HTTP_AUTHORIZATION=f"Bearer {Token.objects.create(user=user).key}")
+    assert other.get(f"{URL}/global:x").status_code == 404
+
+
+def test_a_class_without_a_rate_is_not_limited(limits, staff_client, snapshot_dir):
+    assert "snapshot" not in limits
+    for _ in range(5):
+        assert staff_client.get(f"{URL}/snapshots").status_code == 200
+
+
+def test_limits_are_off_by_default(staff_client):
+    assert django_settings.STATE_RATE_LIMITS == {}
+    for _ in range(20):
+        assert staff_client.get(f"{URL}/absent").status_code == 404
+
+
+def test_a_new_window_starts_a_new_count(limits, staff_client, time_machine):
+    time_machine.move_to("2030-01-01 00:00:10Z", tick=False)
+    for _ in range(3):
+        staff_client.get(f"{URL}/absent")
+    response = staff_client.get(f"{URL}/absent")
+    assert_rate_limited(response, within=60)
+    assert response["Retry-After"] == "50"  # the window ends at 00:01:00
+    time_machine.move_to("2030-01-01 00:01:00Z", tick=False)
+    assert staff_client.get(f"{URL}/absent").status_code == 404
+
+
+def test_rejected_requests_are_counted_as_rate_limited_in_metrics(limits, staff_client):
+    from prometheus_client import REGISTRY
+
+    labels = {"operation": "get", "outcome": "rate_limited"}
+    before = REGISTRY.get_sample_value("statehub_operations_total", labels) or 0
+    for _ in range(5):
+        staff_client.get(f"{URL}/absent")
+    assert REGISTRY.get_sample_value("statehub_operations_total", labels) == before + 2
+
+
+RATES = [
+    ("100/s", (100, 1)),
+    ("6000/min", (6000, 60)),
+    ("10/hour", (10, 3600)),
+    ("5/d", (5, 86_400)),
+]
+
+
+@pytest.mark.parametrize("rate, parsed", RATES)
+def test_rates_use_drf_notation(rate, parsed):
+    assert parse_rate(rate) == parsed
+
+
+def test_a_malformed_rate_stops_start_up():
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=django_settings.BASE_DIR, capture_output=True,
+        text=True, timeout=120, env={"STATE_RATE_LIMIT_READ": "lots", "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "STATE_RATE_LIMIT_READ must look like 100/s" in result.stderr
+
+
+def test_zero_or_empty_turns_a_class_off():
+    code = "from django.conf import settings; print(sorted(settings.STATE_RATE_LIMITS))"
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code], cwd=django_settings.BASE_DIR,
+        capture_output=True, text=True, timeout=120,
+        env={"STATE_RATE_LIMIT_READ": "0", "STATE_RATE_LIMIT_WRITE": "", "PATH": "/usr/bin:/bin",
+             "STATE_RATE_LIMIT_BULK": "10/s"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "['bulk']"

@@ -463,6 +463,7 @@ class Subscription:
         """Send the error naming where to resume from, then close with 4008."""
         try:
             await self._send(encode(error_message(code, message, last_revision=last_revision)))
+            metrics.STREAM_FRAMES_SENT.inc()
             await self._close(LAGGED_CLOSE_CODE)
         except Exception:  # noqa: BLE001 - the connection is gone; the client resumes anyway
             logger.info("Could not tell a cut-off connection where to resume.", exc_info=True)

@@ -9,12 +9,26 @@ switches async -> sync -> async). A fresh thread also means a fresh database con
 
 This handler reads the body on the event loop, then runs request_started, the middleware
 chain and the view in sync mode (as under WSGI) and request_finished, all in one hop to a
-fixed pool of long-lived threads, and sends the response from the loop. The semantics are
-Django's: the same middleware, signals and connection handling. The pool runs inside
+fixed pool of long-lived threads, and sends the response from the loop. The pool runs inside
 asgiref's SyncToAsync, so `async_to_sync` from a view (the channel-layer broadcast after
 commit) still runs on the server's event loop.
+
+It mirrors `django.core.handlers.asgi.ASGIHandler.handle` of Django 5.2 and 6.0 (the same in
+both for what is mirrored here; `read_body`, `create_request` and `send_response` are
+inherited, so they are the installed version's own):
+- `request_started` and `request_finished` (sent by `response.close()`) run on the thread
+  that ran the view, so its database connection is the one cleaned up. A streaming response
+  keeps that thread until it is sent (the pool starts a stand-in meanwhile), and its sync
+  iterator is pulled there one chunk at a time.
+- A `FileResponse` is read in blocks of `chunk_size` (64 KiB), as Django's handler sets.
+- The body file is closed whatever happens, also when the view raises.
+- While the view runs and the response is sent, the handler listens for `http.disconnect`:
+  a sync view cannot be interrupted, but a client that left gets nothing more sent and a
+  streaming body is no longer read (Django cancels its async view task instead).
 """
 
+import asyncio
+import itertools
 import os
 import queue
 import threading
@@ -28,7 +42,7 @@ from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers import base
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
-from django.http import HttpResponseBase
+from django.http import FileResponse, HttpResponseBase
 from django.urls import set_script_prefix
 
 
@@ -45,32 +59,66 @@ class DaemonThreadPool(Executor):
         self._work: queue.SimpleQueue = queue.SimpleQueue()
         self._started = False
         self._start_lock = threading.Lock()
+        self._numbers = itertools.count(1)  # next() is atomic: threads add stand-ins
+        self._local = threading.local()
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
         if not self._started:
             with self._start_lock:
                 if not self._started:
-                    for n in range(self.threads):
-                        thread = threading.Thread(
-                            target=self._serve, name=f"{self.name}_{n}", daemon=True
-                        )
-                        thread.start()
+                    for _ in range(self.threads):
+                        self._add_thread()
                     self._started = True
         future: Future = Future()
         self._work.put((future, fn, args, kwargs))
         return future
 
+    def keep_thread(self, pinned: "PinnedThread") -> None:
+        """Once the running job returns, give its thread to `pinned` until that is released."""
+        self._local.pinned = pinned
+
+    def _add_thread(self) -> None:
+        name = f"{self.name}_{next(self._numbers)}"
+        threading.Thread(target=self._serve, name=name, daemon=True).start()
+
     def _serve(self) -> None:
-        while True:
-            future, fn, args, kwargs = self._work.get()
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                result = fn(*args, **kwargs)
-            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
+        while (item := self._work.get()) is not None:
+            _run(*item)
+            pinned = self._local.__dict__.pop("pinned", None)
+            if pinned is not None:
+                self._add_thread()  # a stand-in takes new requests meanwhile
+                pinned.serve()
+                self._work.put(None)  # one thread too many now: the first to see this retires
+
+
+class PinnedThread(Executor):
+    """The pool thread kept by one request: everything submitted runs on that one thread."""
+
+    def __init__(self) -> None:
+        self._work: queue.SimpleQueue = queue.SimpleQueue()
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        self._work.put((future, fn, args, kwargs))
+        return future
+
+    def release(self) -> None:
+        self._work.put(None)
+
+    def serve(self) -> None:
+        while (item := self._work.get()) is not None:
+            _run(*item)
+
+
+def _run(future: Future, fn, args, kwargs) -> None:
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
 
 
 class PooledASGIHandler(ASGIHandler):
@@ -89,43 +137,77 @@ class PooledASGIHandler(ASGIHandler):
             body_file = await self.read_body(receive)
         except RequestAborted:
             return
-        response = await self.in_pool(self.respond)(scope, body_file)
-        if response.streaming and not response.is_async:
-            response.streaming_content = self.pull_in_pool(response.streaming_content)
+        gone = asyncio.ensure_future(self.client_gone(receive))
+        pinned = PinnedThread()
         try:
-            await self.send_response(response, send)
+            response = await self.in_pool(self.respond)(scope, body_file, pinned)
+            if not response.streaming:
+                if not gone.done():
+                    await self.send_response(response, send)
+                return
+            try:
+                if not response.is_async:
+                    chunks = response.streaming_content
+                    response.streaming_content = self.pull(pinned, chunks, gone)
+                if not gone.done():
+                    await self.send_response(response, send)
+            finally:
+                try:
+                    await self.on(pinned, response.close)()
+                finally:
+                    pinned.release()
         finally:
-            if response.streaming:
-                await self.in_pool(response.close)()
-                body_file.close()
+            gone.cancel()
+            body_file.close()
+
+    async def client_gone(self, receive) -> None:
+        """Return when the client disconnects (the only message left after the body)."""
+        while (await receive())["type"] != "http.disconnect":
+            pass
 
     def in_pool(self, func):
-        return sync_to_async(func, thread_sensitive=False, executor=self.executor)
+        return self.on(self.executor, func)
 
-    async def pull_in_pool(self, chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
-        """Read a sync streaming body (a snapshot download) one chunk at a time in the pool.
+    @staticmethod
+    def on(executor: Executor, func):
+        return sync_to_async(func, thread_sensitive=False, executor=executor)
+
+    async def pull(
+        self, pinned: PinnedThread, chunks: Iterator[bytes], gone: asyncio.Future
+    ) -> AsyncIterator[bytes]:
+        """Read a sync streaming body (a snapshot download) one chunk at a time on its thread.
 
         Django's own fallback reads the whole iterator into a list before sending anything,
-        which holds a 50 MB snapshot file in memory; this keeps one chunk in flight.
+        which holds a 50 MB snapshot file in memory; this keeps one chunk in flight, and stops
+        reading when the client has gone.
         """
         done = object()
-        pull = self.in_pool(lambda: next(chunks, done))
-        while (chunk := await pull()) is not done:
+        pull = self.on(pinned, lambda: next(chunks, done))
+        while not gone.done() and (chunk := await pull()) is not done:
             yield chunk
 
-    def respond(self, scope, body_file) -> HttpResponseBase:
+    def respond(self, scope, body_file, pinned: PinnedThread) -> HttpResponseBase:
         """Run one request through Django in this (pool) thread and return the response."""
         set_script_prefix(get_script_prefix(scope))
         signals.request_started.send(sender=self.__class__, scope=scope)
-        request, response = self.create_request(scope, body_file)
-        if request is not None:
-            response = self.get_response(request)
-            response._handler_class = self.__class__
-        if not response.streaming:
+        try:
+            request, response = self.create_request(scope, body_file)
+            if request is not None:
+                response = self.get_response(request)
+                response._handler_class = self.__class__
+        except BaseException:
+            # Nothing to close: finish the request here, as closing its response would have.
+            signals.request_finished.send(sender=self.__class__)
+            raise
+        if isinstance(response, FileResponse):
+            response.block_size = self.chunk_size  # as Django's ASGIHandler does
+        if response.streaming:
+            # Sent and closed later, from this same thread (see `pull`, `__call__`).
+            self.executor.keep_thread(pinned)
+        else:
             # The body is already in memory: close now, in the thread that served the
             # request, so request_finished hands this thread's connection back to the pool.
             response.close()
-            body_file.close()
         return response
 
 

@@ -12,11 +12,17 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from sessions_tracking.middleware import connection_heartbeat
 
 from . import access, stream
+from .rules import INT64_MAX
 
 logger = logging.getLogger(__name__)
 
-MAX_PREFIXES = 100
-MAX_PREFIX_LENGTH = 256
+# The fields of each client message; any other is refused, so a typo (`since_revison`) is an
+# error, not a silent live subscription, and nothing nested can hide in a message.
+MESSAGE_FIELDS = {
+    "ping": {"type"},
+    "subscribe": {"type", "prefixes", "since_revision"},
+    "unsubscribe": {"type", "prefixes"},
+}
 
 
 class InvalidMessage(Exception):
@@ -26,24 +32,66 @@ class InvalidMessage(Exception):
 def parse_prefixes(value: Any) -> list[str]:
     if (
         not isinstance(value, list)
-        or not 0 < len(value) <= MAX_PREFIXES
-        or not all(isinstance(p, str) and len(p) <= MAX_PREFIX_LENGTH for p in value)
+        or not 0 < len(value) <= stream.MAX_PREFIXES
+        or not all(isinstance(p, str) and len(p) <= stream.MAX_PREFIX_LENGTH for p in value)
     ):
         raise InvalidMessage(
-            f"prefixes must be a list of 1-{MAX_PREFIXES} strings of at most "
-            f"{MAX_PREFIX_LENGTH} characters."
+            f"prefixes must be a list of 1-{stream.MAX_PREFIXES} strings of at most "
+            f"{stream.MAX_PREFIX_LENGTH} characters."
         )
     return value
 
 
+def parse_query_prefixes(text: str | None) -> list[str] | None:
+    """Read ?prefixes=: a comma-separated list (an empty item would mean every key)."""
+    if text is None:
+        return None
+    prefixes = parse_prefixes(text.split(","))
+    if "" in prefixes:
+        raise InvalidMessage(
+            "prefixes on the URL are a comma-separated list of non-empty prefixes."
+        )
+    return prefixes
+
+
 def parse_revision(value: Any) -> int | None:
+    """Read a message's since_revision: a JSON integer >= 0 (null or absent: none)."""
     if value is None:
         return None
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidMessage("since_revision must be a whole number >= 0.")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= INT64_MAX:
+        raise InvalidMessage("since_revision must be a JSON integer >= 0.")
     return value
+
+
+def parse_query_revision(text: str | None) -> int | None:
+    """Read ?since_revision=: ASCII digits (isdecimal alone admits "٣"; isdigit even "²")."""
+    if text is None:
+        return None
+    if not (text.isascii() and text.isdecimal() and len(text) <= 19) or int(text) > INT64_MAX:
+        raise InvalidMessage("since_revision must be a whole number >= 0.")
+    return int(text)
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    message = dict(pairs)
+    if len(message) != len(pairs):
+        raise InvalidMessage("A message may not repeat a field.")
+    return message
+
+
+def parse_message(text: str | None) -> dict[str, Any]:
+    """Parse a client message: a JSON object of a known type with only its own fields."""
+    try:
+        message = json.loads(text or "", object_pairs_hook=_refuse_duplicates)
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than it parses
+        raise InvalidMessage("Messages are JSON objects with a 'type'.") from exc
+    kind = message.get("type") if isinstance(message, dict) else None
+    if not isinstance(kind, str) or kind not in MESSAGE_FIELDS:
+        raise InvalidMessage("type must be one of 'subscribe', 'unsubscribe', 'ping'.")
+    unknown = sorted(message.keys() - MESSAGE_FIELDS[kind])
+    if unknown:
+        raise InvalidMessage(f"Unknown fields for '{kind}': {', '.join(unknown)}.")
+    return message
 
 
 class StateEventsConsumer(AsyncWebsocketConsumer):
@@ -56,21 +104,28 @@ class StateEventsConsumer(AsyncWebsocketConsumer):
         if user is None or not user.is_authenticated:
             await self.close(code=stream.UNAUTHENTICATED_CLOSE_CODE)
             return
-        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        # The URL subscribes like a first `subscribe` message: what is valid applies, and an
+        # error names the rest after `subscribed`, which is always the first message.
+        query = parse_qs(
+            self.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True
+        )
+        refused = []
         try:
-            prefixes = query.get("prefixes")
-            prefixes = parse_prefixes(prefixes[0].split(",")) if prefixes else None
-            since = parse_revision(query.get("since_revision", [None])[0])
+            prefixes = parse_query_prefixes(query.get("prefixes", [None])[0])
         except InvalidMessage as exc:
-            await self.send_json(stream.error_message("validation_error", str(exc)))
-            await self.close(code=4400)
-            return
+            prefixes = None
+            refused.append(stream.error_message("validation_error", str(exc)))
+        try:
+            since = parse_query_revision(query.get("since_revision", [None])[0])
+        except InvalidMessage as exc:
+            since = None
+            refused.append(stream.error_message("validation_error", str(exc)))
         # Loads the user's group rules once, so access checks on the loop never hit the database.
         await database_sync_to_async(access.readable_prefixes)(user)
         self.subscription = await stream.get_hub().open(
             user=user, send=self._send_text, close=self._close
         )
-        await self.subscription.start(prefixes=prefixes, since_revision=since)
+        await self.subscription.start(prefixes=prefixes, since_revision=since, refused=refused)
         self.sender = asyncio.create_task(self._run())
 
     async def disconnect(self, code: int) -> None:
@@ -90,11 +145,8 @@ class StateEventsConsumer(AsyncWebsocketConsumer):
             self.subscription.queue(exc.message)
 
     async def _handle(self, text: str | None) -> None:
-        try:
-            message = json.loads(text or "")
-        except ValueError as exc:
-            raise InvalidMessage("Messages are JSON objects with a 'type'.") from exc
-        kind = message.get("type") if isinstance(message, dict) else None
+        message = parse_message(text)
+        kind = message["type"]
         if kind == "ping":
             self.subscription.queue({"type": "pong"})
             connection_heartbeat(self.scope)  # the session's heartbeat (buffered, coalesced)
@@ -103,10 +155,8 @@ class StateEventsConsumer(AsyncWebsocketConsumer):
                 prefixes=parse_prefixes(message.get("prefixes")),
                 since_revision=parse_revision(message.get("since_revision")),
             )
-        elif kind == "unsubscribe":
-            self.subscription.unsubscribe(prefixes=parse_prefixes(message.get("prefixes")))
         else:
-            raise InvalidMessage("type must be one of 'subscribe', 'unsubscribe', 'ping'.")
+            self.subscription.unsubscribe(prefixes=parse_prefixes(message.get("prefixes")))
 
     async def _run(self) -> None:
         try:

@@ -6,6 +6,7 @@ nothing of ours, which keeps services and selectors free of import cycles.
 
 import json
 import re
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -56,7 +57,13 @@ def value_size(value: Any) -> int:
 
 
 def encode_storable(value: Any) -> tuple[str, int]:
-    """Return a storable value's stored JSON text and its size in bytes; raise if not storable."""
+    """Return a storable value's stored JSON text and its size in bytes; raise if not storable.
+
+    The size is that of the value as every backend gives it back: PostgreSQL's jsonb prints
+    numbers positionally, so a float written 1e+300 is read back (and streamed) as a 301-digit
+    number, and is counted as one. Without this a 1 MiB value of such numbers came back as
+    40 MiB, past every limit derived from this one (the stream's message size).
+    """
     if value is None:
         raise ValidationFailed("A value cannot be null; delete the key instead.", field="value")
     try:
@@ -74,6 +81,8 @@ def encode_storable(value: Any) -> tuple[str, int]:
         size = len(text.encode())
     except UnicodeEncodeError as exc:  # a lone surrogate
         raise _unstorable() from exc
+    if "e+" in text:  # only large floats print with an exponent that grows when written out
+        size += _positional_growth(value)
     if size > settings.STATE_MAX_VALUE_BYTES:
         raise ValueTooLarge(
             f"The value is {size} bytes; the limit is {settings.STATE_MAX_VALUE_BYTES}.",
@@ -81,6 +90,23 @@ def encode_storable(value: Any) -> tuple[str, int]:
             limit=settings.STATE_MAX_VALUE_BYTES,
         )
     return text, size
+
+
+def _positional_growth(value: Any) -> int:
+    """Return how many bytes the floats of `value` gain when printed without an exponent."""
+    growth = 0
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, float):
+            text = repr(node)
+            if "e+" in text:
+                growth += len(format(Decimal(text), "f")) - len(text)
+        elif isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return growth
 
 
 def storable_text(text: str) -> bool:

@@ -7,6 +7,11 @@ hands the frame to every local `Subscription` that may see it. The channel layer
 data, so a dropped, late or reordered doorbell only delays delivery until the next one or
 the next poll. A subscription behind the hub (new, or resuming from `since_revision`)
 replays from the log by itself, then joins the hub's live feed with no gap and no overlap.
+
+No message is ever skipped: every server runs with a WebSocket message limit of
+`max_message_bytes()` (derived from the store's own limits), and a message that still cannot
+be sent ends the connection with an error naming the last revision delivered (close 4008),
+exactly as for a subscriber that lagged, so the client resumes from it.
 """
 
 import asyncio
@@ -24,13 +29,17 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from . import access, events, metrics, selectors
+from . import access, events, metrics, rules, selectors
 from .models import StateEvent
 
 logger = logging.getLogger(__name__)
 
+# Closed after a `lagged` or `send_failed` error: reconnect with since_revision=last_revision.
 LAGGED_CLOSE_CODE = 4008
 UNAUTHENTICATED_CLOSE_CODE = 4401
+# At most this many prefixes per connection (and per message), each at most this long.
+MAX_PREFIXES = 100
+MAX_PREFIX_LENGTH = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +54,38 @@ class Frame:
 
 def encode(message: dict[str, Any]) -> str:
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+
+
+def max_message_bytes() -> int:
+    """Return the size of the largest message the stream sends: every server's message limit.
+
+    A change carries its old and new value. Each is either a value, at most
+    STATE_MAX_VALUE_BYTES as `rules.value_size` measures it with this very encoder (compact
+    UTF-8 JSON), so embedding it adds no byte: its escapes are already counted; or a metadata
+    map, counted with every character at its worst, a control character, which this encoder
+    (ensure_ascii=False) writes as a six-byte escape. The envelope is measured by encoding its
+    largest form. The largest control messages list every prefix at its worst.
+    """
+    worst = "\x01"
+    change = events.StateChange(
+        op="metadata", key="k" * 256, old_value=0, new_value=0, version=rules.INT64_MIN,
+        revision=rules.INT64_MIN, timestamp=-1.7976931348623157e308,
+        source=worst * settings.STATE_MAX_SOURCE_LENGTH,
+    )  # fmt: skip
+    envelope = _size(change.as_message()) - 2  # without the two zeros standing for the values
+    entry = _size({worst * settings.STATE_MAX_METADATA_KEY_LENGTH:
+                   worst * settings.STATE_MAX_METADATA_VALUE_LENGTH}) - 2  # fmt: skip
+    entries = settings.STATE_MAX_METADATA_ENTRIES
+    metadata = 2 + entries * entry + max(entries - 1, 0)
+    side = max(settings.STATE_MAX_VALUE_BYTES, metadata)
+    prefixes = [worst * MAX_PREFIX_LENGTH] * MAX_PREFIXES
+    control = error_message("permission_denied", "m" * 200, prefixes=prefixes)  # our texts < 200
+    subscribed = {"type": "subscribed", "data": {"prefixes": prefixes, "revision": rules.INT64_MIN}}
+    return max(envelope + 2 * side, _size(control), _size(subscribed))
+
+
+def _size(message: Any) -> int:
+    return len(encode(message).encode())
 
 
 def read_frames(
@@ -87,6 +128,8 @@ class Subscription:
     `position`: every event up to it has been sent or queued (or is not this connection's).
     `sent`: the revision of the last event handed to the socket. `live`: the hub feeds the
     outbox; otherwise `run()` is replaying from the log until it reaches the hub.
+    `lagged_at` / `failed_at`: set when the connection is cut off (outbox overflow / a send
+    that failed) to the revision up to which everything it may see was delivered.
     """
 
     def __init__(
@@ -107,6 +150,7 @@ class Subscription:
         self.sent = 0
         self.live = False
         self.lagged_at: int | None = None
+        self.failed_at: int | None = None
         self._send = send
         self._close = close
         # (revision or None for control messages, key or None when not about one key, text)
@@ -134,7 +178,7 @@ class Subscription:
         per event costs more than the sends. A busy one queues them and is cut off if its
         outbox overflows.
         """
-        if not self.live or self.lagged_at is not None or self.closing is not None:
+        if not self.live or self.cut_off or self.closing is not None:
             return []
         wanted = [f for f in frames if f.revision > self.position and self.wants(f)]
         self.position = max(self.position, upto)
@@ -156,24 +200,37 @@ class Subscription:
         self._wake.set()
         return []
 
+    @property
+    def cut_off(self) -> bool:
+        return self.lagged_at is not None or self.failed_at is not None
+
     async def send_now(self, frames: list[Frame]) -> None:
         """Send frames handed out by `offer`; the sender holds back until they are out."""
         try:
             for frame in frames:
-                await self._send(frame.text)
-                metrics.STREAM_FRAMES_SENT.inc()
+                if not await self._emit(frame.text, revision=frame.revision):
+                    return
         finally:
             self._handed = False
             if not self._idle:
                 self._wake.set()  # the sender is waiting on these frames, not asleep
 
     def _lag(self, revision: int) -> None:
-        pending = [rev for rev, _, _ in self._outbox if rev is not None]
-        # Everything before the first undelivered event has been delivered.
-        self.lagged_at = (pending[0] if pending else revision) - 1
+        self.lagged_at = self._delivered(revision)
         metrics.STREAM_LAGGED.inc()
         self._outbox.clear()
         self._wake.set()
+
+    def _delivered(self, undelivered: int | None) -> int:
+        """Return the revision up to which everything this connection may see was delivered.
+
+        `undelivered` is the event that could not go out (None: a control message), so
+        everything before it and before the first event still queued was sent.
+        """
+        pending = [rev for rev, _, _ in self._outbox if rev is not None]
+        if undelivered is not None:
+            pending.append(undelivered)
+        return min(pending) - 1 if pending else self.position
 
     # --- what the consumer calls ---------------------------------------------------------
 
@@ -193,44 +250,65 @@ class Subscription:
             }
         )
 
-    async def start(self, *, prefixes: list[str] | None, since_revision: int | None) -> None:
-        """Announce the subscription, optionally replacing the defaults and resuming."""
-        try:
-            if since_revision is not None:
+    async def start(
+        self,
+        *,
+        prefixes: list[str] | None,
+        since_revision: int | None,
+        refused: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """Announce the subscription, optionally replacing the defaults and resuming.
+
+        `subscribed` is always the first message; the errors about what was refused (the
+        `refused` ones the caller found, then ours) follow it.
+        """
+        errors = list(refused or [])
+        if since_revision is not None:
+            try:
                 await self._check_since(since_revision)
-        except SubscriptionError as exc:
-            self.queue(exc.message)
-            since_revision = None
+            except SubscriptionError as exc:
+                errors.append(exc.message)
+                since_revision = None
         if prefixes is not None:
-            self._set_prefixes(self._allowed(prefixes))
+            allowed, refusal = self._allowed(prefixes)
+            self._set_prefixes(allowed)
+            errors += [refusal] if refusal else []
         if since_revision is not None:
             self._rewind(since_revision)
         self.announce()
+        for error in errors:
+            self.queue(error)
 
     async def subscribe(self, *, prefixes: list[str], since_revision: int | None) -> None:
         """Add readable prefixes (error for the rest); with `since_revision`, rewind to it."""
         if since_revision is not None:
             await self._check_since(since_revision)
-        allowed = self._allowed(prefixes)
+        allowed, refusal = self._allowed(prefixes)
+        if refusal:
+            self.queue(refusal)
         if not allowed and since_revision is None:
             return
+        if len(dict.fromkeys([*self.prefixes, *allowed])) > MAX_PREFIXES:
+            raise SubscriptionError(
+                "validation_error",
+                f"A connection subscribes to at most {MAX_PREFIXES} prefixes; unsubscribe first.",
+            )
         self._set_prefixes([*self.prefixes, *allowed])
         if since_revision is not None:
             self._rewind(since_revision)
         self.announce()
 
-    def _allowed(self, prefixes: list[str]) -> list[str]:
-        """Return the prefixes the user may read in full; queue an error naming the others."""
+    def _allowed(self, prefixes: list[str]) -> tuple[list[str], dict[str, Any] | None]:
+        """Return the prefixes the user may read in full, and the error naming the others."""
         forbidden = [p for p in prefixes if not access.can_read_prefix(self.user, p)]
+        refusal = None
         if forbidden:
-            self.queue(
-                error_message(
-                    "permission_denied",
-                    "You may not read every key under these prefixes.",
-                    prefixes=forbidden,
-                )
+            refusal = error_message(
+                "permission_denied",
+                "You may not read every key under these prefixes.",
+                prefixes=forbidden,
             )
-        return [p for p in prefixes if p not in forbidden]
+        return [p for p in prefixes if p not in forbidden], refusal
 
     def unsubscribe(self, *, prefixes: list[str]) -> None:
         self._set_prefixes([p for p in self.prefixes if p not in prefixes])
@@ -313,16 +391,18 @@ class Subscription:
                 await self._wake.wait()
                 continue
             if self.lagged_at is not None:
-                await self._emit(
-                    encode(
-                        error_message(
-                            "lagged",
-                            "This connection fell too far behind; resume from last_revision.",
-                            last_revision=self.lagged_at,
-                        )
-                    )
+                await self._cut_off(
+                    "lagged",
+                    "This connection fell too far behind; resume from last_revision.",
+                    self.lagged_at,
                 )
-                await self._close(LAGGED_CLOSE_CODE)
+                return
+            if self.failed_at is not None:
+                await self._cut_off(
+                    "send_failed",
+                    "A message could not be sent on this connection; resume from last_revision.",
+                    self.failed_at,
+                )
                 return
             if self.closing is not None and not self._outbox:
                 await self._close(self.closing)
@@ -331,7 +411,7 @@ class Subscription:
                 revision, _, text = self._outbox.popleft()
                 if revision is not None:
                     self.sent = revision
-                await self._emit(text)
+                await self._emit(text, revision=revision)
                 continue
             if not self.live:
                 await self._replay()
@@ -360,10 +440,33 @@ class Subscription:
             self._timer.cancel()
             self._timer = None
 
-    async def _emit(self, text: str) -> None:
+    async def _emit(self, text: str, *, revision: int | None = None) -> bool:
+        """Send one message (about `revision`); if it fails, cut the connection off."""
         self._last_sent_at = time.monotonic()
-        await self._send(text)
+        try:
+            await self._send(text)
+        except Exception:
+            # The server refused it (larger than its message limit) or the connection broke.
+            # Skipping it would leave a gap that a later `progress` papers over.
+            self.failed_at = self._delivered(revision)
+            self._outbox.clear()
+            self._wake.set()
+            logger.warning(
+                "Sending a %d-byte message failed; closing the connection at revision %d.",
+                len(text.encode()), self.failed_at, exc_info=True,
+            )  # fmt: skip
+            return False
         metrics.STREAM_FRAMES_SENT.inc()
+        return True
+
+    async def _cut_off(self, code: str, message: str, last_revision: int) -> None:
+        """Send the error naming where to resume from, then close with 4008."""
+        try:
+            await self._send(encode(error_message(code, message, last_revision=last_revision)))
+            metrics.STREAM_FRAMES_SENT.inc()
+            await self._close(LAGGED_CLOSE_CODE)
+        except Exception:  # noqa: BLE001 - the connection is gone; the client resumes anyway
+            logger.info("Could not tell a cut-off connection where to resume.", exc_info=True)
 
     async def _replay(self) -> None:
         """Send one batch from the log, or go live once the hub has nothing newer."""
@@ -377,11 +480,12 @@ class Subscription:
             after=self.position, upto=target, prefixes=self.prefixes, limit=limit
         )
         for frame in frames:
-            if generation != self._generation or self.lagged_at is not None:
+            if generation != self._generation or self.cut_off:
                 return
             if self.wants(frame):
                 self.sent = frame.revision
-                await self._emit(frame.text)
+                if not await self._emit(frame.text, revision=frame.revision):
+                    return
         if generation == self._generation:
             self.position = frames[-1].revision if len(frames) == limit else target
 
@@ -478,10 +582,7 @@ class Hub:
             self.revision = upto
             for index, (subscription, wanted) in enumerate(ready):
                 if wanted:
-                    try:
-                        await subscription.send_now(wanted)
-                    except Exception:
-                        logger.exception("Sending to a connection failed.")
+                    await subscription.send_now(wanted)  # a failure cuts that one off
                 if index % 100 == 99:
                     # Let requests (writes) in between: fan-out must not starve the writers.
                     await asyncio.sleep(0)

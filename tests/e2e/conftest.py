@@ -21,6 +21,8 @@ from urllib.parse import quote
 import pytest
 from django.conf import settings
 
+from state.management.commands.serve import daphne_command
+
 ROOT = Path(__file__).resolve().parents[2]
 # Server ports are drawn at random from this range: test runs side by side (two checkouts,
 # two CI jobs) then rarely pick the same free port in the moment between probe and bind.
@@ -168,15 +170,17 @@ def _wait_ready(process: subprocess.Popen, port: int, log: Path, timeout: float 
 
 @pytest.fixture(scope="session")
 def servers(e2e_env, tokens, shared_redis, tmp_path_factory) -> Iterator[list[Server]]:
-    """Two daphne processes sharing PostgreSQL and Redis, or one on the embedded default."""
+    """Two daphne processes sharing PostgreSQL and Redis, or one on the embedded default.
+
+    Each runs the command line `manage.py serve` runs.
+    """
     started: list[tuple[subprocess.Popen, Server]] = []
     try:
         for _ in range(2 if shared_redis else 1):
             port = _free_port({server.port for _, server in started})
             log = tmp_path_factory.mktemp("daphne") / f"{port}.log"
             process = subprocess.Popen(
-                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-                 "config.asgi:application"],
+                daphne_command(host="127.0.0.1", port=port),
                 cwd=ROOT, env=e2e_env, stdout=subprocess.DEVNULL, stderr=log.open("w"),
             )  # fmt: skip
             started.append((process, Server(port=port, pid=process.pid)))

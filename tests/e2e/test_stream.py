@@ -110,3 +110,22 @@ def test_anonymous_handshake_is_closed_4401(servers):
         with pytest.raises(Exception) as closed:
             stream.recv(timeout=5)
     assert getattr(closed.value, "rcvd", None) and closed.value.rcvd.code == 4401
+
+
+def test_malformed_input_is_an_error_and_the_connection_stays_usable(servers, tokens):
+    alice = tokens["alice"]
+    headers = {"Authorization": f"Bearer {alice}"}
+    with connect(servers[0].ws + "?since_revision=%C2%B2", additional_headers=headers,
+                 open_timeout=5) as stream:  # fmt: skip
+        assert receive(stream)["type"] == "subscribed"  # always first, then the error
+        assert receive(stream)["data"]["code"] == "validation_error"
+        for message in (
+            '{"type": "subscribe", "prefixes": ["global:"], "since_revision": "\\u00b2"}',
+            "[" * 2000 + "]" * 2000,
+        ):
+            stream.send(message)
+            error = receive(stream)
+            assert (error["type"], error["data"]["code"]) == ("error", "validation_error")
+        revision = servers[0].put("global:after-bad-input", 1, tokens["e2e-staff"])
+        assert changes(stream, 1)[0]["revision"] == revision
+        assert_nothing_more(stream)

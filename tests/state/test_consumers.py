@@ -1,6 +1,8 @@
 """The event stream consumer, through channels' WebsocketCommunicator and the real ASGI app."""
 
+import asyncio
 import functools
+import json
 from typing import Any
 
 import pytest
@@ -12,7 +14,7 @@ from django.test import Client
 from rest_framework.authtoken.models import Token
 
 from config.asgi import application
-from state import events, services
+from state import events, services, stream
 from state.models import AccessRule, StateEvent
 
 PATH = "/api/v1/state/events"
@@ -34,12 +36,14 @@ def token_for(user) -> str:
     return Token.objects.get_or_create(user=user)[0].key
 
 
-async def connect(user=None, *, query: str = "", headers=None) -> WebsocketCommunicator:
+async def connect(
+    user=None, *, query: str = "", headers=None, app=application
+) -> WebsocketCommunicator:
     headers = list(headers or [])
     if user is not None:
         token = await database_sync_to_async(token_for)(user)
         headers.append((b"authorization", f"Bearer {token}".encode()))
-    communicator = WebsocketCommunicator(application, PATH + query, headers=headers)
+    communicator = WebsocketCommunicator(app, PATH + query, headers=headers)
     connected, _ = await communicator.connect()
     assert connected
     return communicator
@@ -256,14 +260,65 @@ async def test_ping_gets_pong(user):
     await communicator.disconnect()
 
 
+DEEP = "[" * 2000 + "]" * 2000
+
+
 @async_test
-async def test_malformed_messages_get_validation_errors(user):
+async def test_malformed_messages_get_validation_errors_and_the_connection_stays_usable(user):
     communicator, _ = await subscribed(user)
-    for message in ('{"type": "dance"}', "not json", '{"type": "subscribe", "prefixes": "a:"}',
-                    '{"type": "subscribe", "prefixes": ["a:"], "since_revision": -1}'):  # fmt: skip
+    subscribe = '{"type": "subscribe", "prefixes": ["global:"], "since_revision": %s}'
+    for message in (
+        '{"type": "dance"}', "not json", '{"type": "subscribe", "prefixes": "a:"}', '{"type": []}',
+        '{"type": "ping", "type": "ping"}',  # duplicate field
+        '{"type": "subscribe", "prefixes": ["global:"], "since_revison": 0}',  # unknown field
+        DEEP, '{"type": "subscribe", "prefixes": ' + DEEP + "}",
+        *(subscribe % bad for bad in ('-1', '"\\u00b2"', '"1"', '1.0', 'true', '1e400',
+                                      "9" * 5000, str(2**63))),
+    ):  # fmt: skip
         await communicator.send_to(text_data=message)
         error = await receive(communicator)
-        assert (error["type"], error["data"]["code"]) == ("error", "validation_error")
+        assert (error["type"], error["data"]["code"]) == ("error", "validation_error"), message
+    await settle(communicator)
+    await write(key="global:still", value=1)
+    assert [c["key"] for c in await changes(communicator, 1)] == ["global:still"]
+    await communicator.disconnect()
+
+
+@async_test
+async def test_bad_url_parameters_are_an_error_after_subscribed_and_the_connection_stays(user):
+    await write(key="global:a", value=1)
+    for query, prefixes in (
+        ("?since_revision=%C2%B2", None),  # "²": isdigit() but not a number int() reads
+        ("?since_revision=%D9%A3", None),  # "٣": isdecimal() but not ASCII
+        ("?since_revision=", None),
+        ("?since_revision=99", None),  # ahead of the store
+        ("?since_revision=" + "9" * 30, None),
+        ("?prefixes=global:&since_revision=-1", ["global:"]),
+        ("?prefixes=global:,,market:", None),
+    ):
+        communicator = await connect(user, query=query)
+        first = await receive(communicator)
+        assert first["type"] == "subscribed", (query, first)
+        assert first["data"]["revision"] == 1
+        if prefixes is not None:
+            assert first["data"]["prefixes"] == prefixes
+        error = await receive(communicator)
+        assert (error["type"], error["data"]["code"]) == ("error", "validation_error"), query
+        await settle(communicator)
+        await communicator.disconnect()
+
+
+@async_test
+async def test_a_connection_subscribes_to_at_most_max_prefixes(staff_user):
+    communicator, data = await subscribed(staff_user)
+    room = stream.MAX_PREFIXES - len(data["prefixes"])
+    await communicator.send_json_to({"type": "subscribe",
+                                     "prefixes": [f"p{i}:" for i in range(room)]})  # fmt: skip
+    assert len((await receive(communicator))["data"]["prefixes"]) == stream.MAX_PREFIXES
+    await communicator.send_json_to({"type": "subscribe", "prefixes": ["one-more:"]})
+    error = await receive(communicator)
+    assert (error["type"], error["data"]["code"]) == ("error", "validation_error")
+    await settle(communicator)
     await communicator.disconnect()
 
 
@@ -441,4 +496,113 @@ async def test_deactivated_user_is_cut_off(user, settings):
     error = await receive(communicator)
     assert error["data"]["code"] == "unauthenticated"
     assert await closed_with(communicator) == 4401
+    await communicator.disconnect()
+
+
+# --- a message the server cannot send ---------------------------------------------------
+# daphne (autobahn) raises when asked to send a message over its --websocket-max-message-size;
+# tests/e2e/test_stream_limits.py does it for real. These drive each of the stream's three send
+# paths into that failure: the hub's hand-off to an idle connection, the connection's own
+# queue, and a replay from the log.
+
+
+def refusing_larger_than(limit: int, *, hold_pong: asyncio.Event | None = None):
+    """The real application behind a server that cannot send messages over `limit` bytes."""
+
+    async def app(scope, receive, send):
+        async def checked(message):
+            text = message.get("text") or ""
+            if hold_pong is not None and text == '{"type":"pong"}':
+                await hold_pong.wait()
+            if message["type"] == "websocket.send" and len(text.encode()) > limit:
+                raise ValueError(f"tried to send a message exceeding the limit of {limit} octets")
+            await send(message)
+
+        await application(scope, receive, checked)
+
+    return app
+
+
+SEND_FAILED = "A message could not be sent on this connection; resume from last_revision."
+
+
+async def until_closed(communicator: WebsocketCommunicator) -> tuple[list[dict[str, Any]], int]:
+    """Return every message up to the close, and the close code."""
+    received = []
+    while (output := await communicator.receive_output(timeout=3))["type"] != "websocket.close":
+        received.append(json.loads(output["text"]))
+        assert len(received) < 100, received[-3:]  # not closed: progress keeps coming
+    return received, output["code"]
+
+
+def without_progress(messages: list[dict[str, Any]], undelivered: int) -> list[dict[str, Any]]:
+    """Drop progress messages, checking that none claims the undelivered revision."""
+    progress = [m["data"]["revision"] for m in messages if m["type"] == "progress"]
+    assert all(revision < undelivered for revision in progress), (progress, undelivered)
+    return [m for m in messages if m["type"] != "progress"]
+
+
+@async_test
+async def test_change_too_large_to_send_closes_4008_with_the_last_delivered_revision(
+    user, settings
+):
+    settings.STATE_PROGRESS_INTERVAL_SECS = 0.1
+    communicator, _ = await subscribed(user, app=refusing_larger_than(1000))
+    delivered = (await write(key="global:a", value="small"))[0].revision
+    big = (await write(key="global:a", value="x" * 2000))[0].revision
+    await write(key="global:a", value="after")
+    received, code = await until_closed(communicator)
+    assert [(m["type"], m["data"].get("revision")) for m in without_progress(received, big)] == [
+        ("state_change", delivered),
+        ("error", None),
+    ]
+    assert received[-1]["data"] == {
+        "code": "send_failed", "message": SEND_FAILED, "last_revision": big - 1,
+    }  # fmt: skip
+    assert code == stream.LAGGED_CLOSE_CODE
+    await communicator.disconnect()
+
+
+@async_test
+async def test_queued_change_too_large_to_send_closes_4008_with_the_last_delivered(user):
+    hold = asyncio.Event()
+    hold.set()
+    communicator, _ = await subscribed(user, app=refusing_larger_than(1000, hold_pong=hold))
+    hold.clear()
+    await communicator.send_json_to({"type": "ping"})  # its sender now waits on the pong
+    delivered = (await write(key="global:a", value="small"))[0].revision
+    big = (await write(key="global:a", value="x" * 2000))[0].revision
+    last = (await write(key="global:a", value="after"))[0].revision
+    async with asyncio.timeout(3):
+        while stream.get_hub().revision < last:  # the hub queued all three behind the pong
+            await asyncio.sleep(0.01)
+    hold.set()
+    received, code = await until_closed(communicator)
+    assert [(m["type"], m.get("data", {}).get("revision")) for m in received] == [
+        ("pong", None),
+        ("state_change", delivered),
+        ("error", None),
+    ]
+    assert received[-1]["data"]["last_revision"] == big - 1
+    assert code == stream.LAGGED_CLOSE_CODE
+    await communicator.disconnect()
+
+
+@async_test
+async def test_replayed_change_too_large_to_send_closes_4008_with_the_last_delivered(user):
+    start = (await write(key="global:a", value="before"))[0].revision
+    delivered = (await write(key="global:a", value="small"))[0].revision
+    big = (await write(key="global:a", value="x" * 2000))[0].revision
+    await write(key="global:a", value="after")
+    communicator = await connect(
+        user, query=f"?prefixes=global:&since_revision={start}", app=refusing_larger_than(1000)
+    )
+    received, code = await until_closed(communicator)
+    assert [(m["type"], m["data"].get("revision")) for m in received] == [
+        ("subscribed", start),
+        ("state_change", delivered),
+        ("error", None),
+    ]
+    assert received[-1]["data"]["last_revision"] == big - 1
+    assert code == stream.LAGGED_CLOSE_CODE
     await communicator.disconnect()

@@ -15,6 +15,24 @@ from django.core.management.base import BaseCommand
 from prometheus_client import multiprocess
 from rest_framework.authtoken.models import Token
 
+from state import stream
+
+
+def daphne_command(*, host: str, port: int) -> list[str]:
+    """Return the daphne command line `serve` runs, its message limits from the store's own.
+
+    daphne (autobahn) refuses to send a WebSocket message larger than its limit, 1 MiB by
+    default, which a change of a 1 MiB value already exceeds.
+    """
+    limit = str(stream.max_message_bytes())
+    # -v 0: daphne's access log writes raw request lines (a WebSocket's ?token=…) straight
+    # to stdout, past logging and its redaction (config/logging.py).
+    return [
+        sys.executable, "-m", "daphne", "-v", "0", "-b", host, "-p", str(port),
+        "--websocket-max-message-size", limit, "--websocket-max-frame-size", limit,
+        "config.asgi:application",
+    ]  # fmt: skip
+
 
 class Command(BaseCommand):
     help = (
@@ -61,10 +79,7 @@ class Command(BaseCommand):
         env = {**os.environ, "SECRET_KEY": self.secret_key()}
         env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir()
         manage = [sys.executable, os.path.abspath(sys.argv[0])]
-        # -v 0: daphne's access log writes raw request lines (a WebSocket's ?token=…) straight
-        # to stdout, past logging and its redaction (config/logging.py).
-        daphne = [sys.executable, "-m", "daphne", "-v", "0", "-b", host, "-p", str(port)]
-        children = [subprocess.Popen([*daphne, "config.asgi:application"], env=env)]
+        children = [subprocess.Popen(daphne_command(host=host, port=port), env=env)]
         if not no_worker:
             children.append(subprocess.Popen([*manage, "state_worker"], env=env))
         stopping = []

@@ -4,3 +4,6 @@ from django.apps import AppConfig
 class StateConfig(AppConfig):
     name = "state"
     verbose_name = "State store"
+
+    def ready(self) -> None:
+        from . import checks  # noqa: F401 - registers the system checks

@@ -17,7 +17,7 @@ from django.utils import timezone
 from . import snapshots
 from .exceptions import InvalidSnapshot, NotFound, ValidationFailed
 from .models import Snapshot, StateEntry, StateEvent, StoreRevision, snapshot_storage
-from .rules import KEY_PATTERN
+from .rules import INT64_MAX, KEY_PATTERN
 
 
 def _live(now: datetime | None = None) -> QuerySet[StateEntry]:
@@ -169,7 +169,11 @@ def key_history(*, key: str, limit: int | None = None, cursor: str | None = None
     before = decode_cursor(cursor)
     events = StateEvent.objects.filter(key=key).order_by("-revision")
     if before is not None:
-        if not before.isdigit():
+        # isascii and isdecimal, not isdigit: "²".isdigit() is true and int("²") raises.
+        if not (
+            before.isascii() and before.isdecimal() and len(before) <= 19
+            and 0 < int(before) <= INT64_MAX
+        ):  # fmt: skip
             raise ValidationFailed("The cursor is not valid.", field="cursor")
         events = events.filter(revision__lt=int(before))
     items = list(events[: limit + 1])

@@ -4,6 +4,7 @@ from drf_spectacular.utils import inline_serializer
 from rest_framework import serializers
 
 from state.models import Snapshot, StateEvent
+from state.rules import INT64_MAX
 
 
 class _StrictText(serializers.CharField):
@@ -19,7 +20,23 @@ def _text(**kwargs) -> serializers.CharField:
     return _StrictText(allow_blank=True, trim_whitespace=False, **kwargs)
 
 
-class _Value(serializers.JSONField):
+class KeyText(_StrictText):
+    """A key in a request body (its syntax is checked by the service; the schema states it)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(allow_blank=True, trim_whitespace=False, **kwargs)
+
+
+class SourceText(_StrictText):
+    def __init__(self, **kwargs):
+        super().__init__(allow_blank=True, trim_whitespace=False, **kwargs)
+
+
+class LabelText(SourceText):
+    pass
+
+
+class Value(serializers.JSONField):
     """Any JSON value. Null passes here so that the service can say why it is refused."""
 
     def __init__(self, **kwargs):
@@ -27,72 +44,216 @@ class _Value(serializers.JSONField):
         super().__init__(**kwargs)
 
 
+class StoredValue(Value):
+    """A value to store: any JSON but null."""
+
+
+class Metadata(serializers.DictField):
+    def __init__(self, **kwargs):
+        super().__init__(child=_text(), **kwargs)
+
+
+class StrictBoolean(serializers.BooleanField):
+    """A JSON boolean: "no", "false", 0 and 1 are refused, not guessed at."""
+
+    def to_internal_value(self, data):
+        if data is True or data is False:
+            return data
+        self.fail("invalid", input=data)
+
+
+class StrictInteger(serializers.IntegerField):
+    """A JSON integer: "1", 1.0 and true are refused."""
+
+    default_error_messages = {"invalid": "A JSON integer is required."}
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        self.run_validators(data)
+        return data
+
+
+class Ttl(StrictInteger):
+    """Seconds to live (the bounds are the service's rule; the schema states them)."""
+
+
+class Version(StrictInteger):
+    """An expected version: 0 means "must not exist"."""
+
+
+class Int64(StrictInteger):
+    pass
+
+
+class _QueryField:
+    """A query-string parameter: present means its text is checked, even when empty."""
+
+    def get_value(self, dictionary):
+        # DRF treats an empty form value of an optional field as absent (`?limit=` passed).
+        return dictionary.get(self.field_name, serializers.empty)
+
+
+class QueryBoolean(_QueryField, serializers.BooleanField):
+    """A boolean in a query string: exactly `true` or `false`."""
+
+    default_error_messages = {"invalid": 'Must be "true" or "false".'}
+
+    def to_internal_value(self, data):
+        if data == "true":
+            return True
+        if data == "false":
+            return False
+        self.fail("invalid")
+
+
+class QueryInteger(_QueryField, serializers.IntegerField):
+    """A whole number in a query string: plain ASCII decimal digits, nothing else."""
+
+    default_error_messages = {"invalid": "Must be plain decimal digits."}
+
+    def to_internal_value(self, data):
+        # isascii too: str.isdecimal() is true for other scripts' digits ("٣").
+        if not isinstance(data, str) or not (data.isascii() and data.isdecimal()):
+            self.fail("invalid")
+        if len(data) > 19:
+            self.fail("max_value", max_value=INT64_MAX)
+        number = int(data)
+        if number > INT64_MAX:
+            self.fail("max_value", max_value=INT64_MAX)
+        return number
+
+
+class QueryLimit(QueryInteger):
+    """A page size (bounds are the selector's rule; the schema states them)."""
+
+
+class QueryVersion(QueryInteger):
+    pass
+
+
+class Cursor(_QueryField, _StrictText):
+    def __init__(self, **kwargs):
+        super().__init__(allow_blank=False, trim_whitespace=False, **kwargs)
+
+
+class Prefix(_QueryField, _StrictText):
+    def __init__(self, **kwargs):
+        super().__init__(allow_blank=True, trim_whitespace=False, **kwargs)
+
+
 # --- requests -----------------------------------------------------------------------------
 
 
 class ReadQuery(serializers.Serializer):
-    include_metadata = serializers.BooleanField(required=False, default=False)
+    include_metadata = QueryBoolean(required=False, default=False)
 
 
 class SetInput(serializers.Serializer):
-    value = _Value()
-    metadata = serializers.DictField(child=_text(), required=False)
-    ttl = serializers.IntegerField(required=False, allow_null=True)
-    expected_version = serializers.IntegerField(required=False, allow_null=True)
-    source = _text(required=False)
+    value = StoredValue()
+    metadata = Metadata(required=False)
+    ttl = Ttl(required=False, allow_null=True)
+    expected_version = Version(required=False, allow_null=True)
+    source = SourceText(required=False)
+    # The seed's body `key` must equal the path's; a schema cannot say so, so it is not in it.
     key = _text(required=False)
 
 
 class DeleteQuery(serializers.Serializer):
-    expected_version = serializers.IntegerField(required=False)
+    expected_version = QueryVersion(required=False)
 
 
 class MetadataInput(serializers.Serializer):
-    metadata = serializers.DictField(child=_text())
-    source = _text(required=False)
+    metadata = Metadata()
+    source = SourceText(required=False)
 
 
 class PageQuery(serializers.Serializer):
-    prefix = _text(required=False, default="")
-    limit = serializers.IntegerField(required=False)
-    cursor = _text(required=False)
+    prefix = Prefix(required=False, default="")
+    limit = QueryLimit(required=False)
+    cursor = Cursor(required=False)
+
+
+class HistoryQuery(serializers.Serializer):
+    limit = QueryLimit(required=False)
+    cursor = Cursor(required=False)
 
 
 class MgetInput(serializers.Serializer):
-    keys = serializers.ListField(child=_text(), allow_empty=False)
+    keys = serializers.ListField(child=KeyText(), allow_empty=False)
 
 
 class CasInput(serializers.Serializer):
-    key = _text()
-    expected = _Value(required=False)
-    expected_version = serializers.IntegerField(required=False, allow_null=True)
-    new_value = _Value()
-    ttl = serializers.IntegerField(required=False, allow_null=True)
-    source = _text(required=False)
+    key = KeyText()
+    expected = Value(required=False)
+    expected_version = Version(required=False, allow_null=True)
+    new_value = Value()
+    ttl = Ttl(required=False, allow_null=True)
+    source = SourceText(required=False)
 
 
 class IncrInput(serializers.Serializer):
-    key = _text()
-    by = serializers.IntegerField(required=False, default=1)
-    ttl = serializers.IntegerField(required=False, allow_null=True)
-    source = _text(required=False)
+    key = KeyText()
+    by = Int64(required=False, default=1)
+    ttl = Ttl(required=False, allow_null=True)
+    source = SourceText(required=False)
+
+
+class BulkSetInput(serializers.Serializer):
+    op = serializers.ChoiceField(choices=["set"])
+    key = KeyText()
+    value = StoredValue()
+    metadata = Metadata(required=False)
+    ttl = Ttl(required=False, allow_null=True)
+    expected_version = Version(required=False, allow_null=True)
+
+
+class BulkDeleteInput(serializers.Serializer):
+    op = serializers.ChoiceField(choices=["delete"])
+    key = KeyText()
+    expected_version = Version(required=False, allow_null=True)
+
+
+class BulkCasInput(serializers.Serializer):
+    op = serializers.ChoiceField(choices=["cas"])
+    key = KeyText()
+    expected = Value(required=False)
+    expected_version = Version(required=False, allow_null=True)
+    new_value = Value()
+    ttl = Ttl(required=False, allow_null=True)
+
+
+BULK_OPERATIONS: dict[str, type[serializers.Serializer]] = {
+    "set": BulkSetInput,
+    "delete": BulkDeleteInput,
+    "cas": BulkCasInput,
+}
 
 
 class BulkOperationInput(serializers.Serializer):
-    op = serializers.ChoiceField(choices=["set", "delete", "cas"])
-    key = _text()
-    value = _Value(required=False)
-    metadata = serializers.DictField(child=_text(), required=False)
-    ttl = serializers.IntegerField(required=False, allow_null=True)
-    expected_version = serializers.IntegerField(required=False, allow_null=True)
-    expected = _Value(required=False)
-    new_value = _Value(required=False)
+    """One operation of a bulk: the shape its `op` names, and no fields of another op."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, dict):
+            raise serializers.ValidationError({"non_field_errors": ["Expected an object."]})
+        op = data.get("op")
+        shape = BULK_OPERATIONS.get(op) if isinstance(op, str) else None
+        if shape is None:
+            raise serializers.ValidationError({"op": ["Must be one of 'set', 'delete', 'cas'."]})
+        unknown = sorted(set(data) - set(shape().fields))
+        if unknown:
+            raise serializers.ValidationError(
+                {name: [f"Not a field of a '{data['op']}' operation."] for name in unknown}
+            )
+        operation = shape(data=data)
+        operation.is_valid(raise_exception=True)
+        return dict(operation.validated_data)
 
 
 class BulkInput(serializers.Serializer):
     operations = BulkOperationInput(many=True, allow_empty=False)
-    atomic = serializers.BooleanField(required=False, default=True)
-    source = _text(required=False)
+    atomic = StrictBoolean(required=False, default=True)
+    source = SourceText(required=False)
 
 
 # --- responses ----------------------------------------------------------------------------
@@ -178,11 +339,11 @@ ERROR_ENVELOPE = inline_serializer(
 
 
 class SnapshotInput(serializers.Serializer):
-    label = _text(required=False, default="")
+    label = LabelText(required=False, default="")
 
 
 class RestoreInput(serializers.Serializer):
-    dry_run = serializers.BooleanField(required=False, default=False)
+    dry_run = StrictBoolean(required=False, default=False)
 
 
 class SnapshotSerializer(serializers.ModelSerializer):

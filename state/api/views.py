@@ -13,9 +13,10 @@ from rest_framework.response import Response
 
 from state import access, selectors, services, snapshots
 from state.exceptions import NotFound, PermissionDenied, StateError, ValidationFailed
+from state.rules import INT64_MAX
 
 from . import serializers as s
-from .errors import error_body
+from .errors import error_body, error_fields, error_message, state_error_details
 
 ERRORS = {code: s.ERROR_ENVELOPE for code in (400, 401, 403, 404, 409, 413)}
 ENTRY = s.enveloped("EntryResponse", s.EntrySerializer(include_metadata=True))
@@ -179,7 +180,7 @@ class StateViewSet(viewsets.ViewSet):
         return ok(entry.metadata)
 
     @extend_schema(
-        parameters=[KEY_PARAM, s.PageQuery],
+        parameters=[KEY_PARAM, s.HistoryQuery],
         responses={
             200: s.enveloped("History", inline_serializer("HistoryPage", {
                 "events": s.EventSerializer(many=True), "total": serializers.IntegerField(),
@@ -191,7 +192,7 @@ class StateViewSet(viewsets.ViewSet):
     def history(self, request: Request, key: str) -> Response:
         require_staff(request)
         services.validate_key(key)
-        query = parse(s.PageQuery, request.query_params)
+        query = parse(s.HistoryQuery, request.query_params)
         page = selectors.key_history(key=key, limit=query.get("limit"), cursor=query.get("cursor"))
         return ok(
             {
@@ -327,7 +328,10 @@ class StateViewSet(viewsets.ViewSet):
     )  # fmt: skip
     @action(detail=False, methods=["post"])
     def bulk(self, request: Request) -> Response:
-        body = parse(s.BulkInput, request.data)
+        try:
+            body = parse(s.BulkInput, request.data)
+        except serializers.ValidationError as exc:
+            raise _bulk_invalid(exc) from exc
         operations = [dict(operation) for operation in body["operations"]]
         for index, operation in enumerate(operations):
             try:
@@ -349,13 +353,29 @@ class StateViewSet(viewsets.ViewSet):
         return ok(selectors.store_stats(readable=access.readable_filter(request.user)))
 
 
+def _bulk_invalid(exc: serializers.ValidationError) -> Exception:
+    """Name the first malformed operation of a bulk by its index, as the service does."""
+    errors = exc.detail.get("operations") if isinstance(exc.detail, dict) else None
+    if isinstance(errors, list):  # DRF gives a list, or a dict of the failing indexes
+        errors = dict(enumerate(errors))
+    if not isinstance(errors, dict):
+        return exc
+    index = min((i for i, error in errors.items() if error and isinstance(i, int)), default=None)
+    if index is None:
+        return exc
+    return ValidationFailed(
+        f"Operation {index}: {error_message(errors[index])}", fields=error_fields(exc.detail),
+        index=index,
+    )  # fmt: skip
+
+
 def _bulk_result(result: services.BulkResult) -> dict[str, Any]:
     data: dict[str, Any] = {"index": result.index, "op": result.op, "key": result.key}
     if result.error is None:
         data.update(ok=True, version=result.version)
     else:
         error = result.error
-        data.update(ok=False, **error_body(error.code, error.message, error.details))
+        data.update(ok=False, **error_body(error.code, error.message, state_error_details(error)))
         data.pop("success")
     return data
 
@@ -363,6 +383,13 @@ def _bulk_result(result: services.BulkResult) -> dict[str, Any]:
 # --- snapshots (issue 4) ------------------------------------------------------------------
 
 SNAPSHOT = s.enveloped("SnapshotResponse", s.SnapshotSerializer())
+
+
+def snapshot_id(pk: str) -> int:
+    """The snapshot id in a path (the route allows only digits); beyond any id is not found."""
+    if len(pk) > 19 or int(pk) > INT64_MAX:
+        raise NotFound(f"Snapshot {pk} does not exist.")
+    return int(pk)
 SNAPSHOT_ID = OpenApiParameter("id", int, OpenApiParameter.PATH, description="The snapshot id.")
 
 
@@ -388,7 +415,7 @@ class SnapshotViewSet(viewsets.ViewSet):
 
     @extend_schema(parameters=[SNAPSHOT_ID], responses={200: SNAPSHOT, **ERRORS})
     def retrieve(self, request: Request, pk: str) -> Response:
-        return ok(s.SnapshotSerializer(selectors.snapshot_get(snapshot_id=int(pk))).data)
+        return ok(s.SnapshotSerializer(selectors.snapshot_get(snapshot_id=snapshot_id(pk))).data)
 
     @extend_schema(
         parameters=[SNAPSHOT_ID],
@@ -396,8 +423,8 @@ class SnapshotViewSet(viewsets.ViewSet):
             "id": serializers.IntegerField(), "deleted": serializers.BooleanField()})), **ERRORS},
     )  # fmt: skip
     def destroy(self, request: Request, pk: str) -> Response:
-        services.snapshot_delete(snapshot_id=int(pk), actor=actor(request))
-        return ok({"id": int(pk), "deleted": True})
+        services.snapshot_delete(snapshot_id=snapshot_id(pk), actor=actor(request))
+        return ok({"id": snapshot_id(pk), "deleted": True})
 
     @extend_schema(
         parameters=[SNAPSHOT_ID],
@@ -405,7 +432,7 @@ class SnapshotViewSet(viewsets.ViewSet):
     )
     @action(detail=True, methods=["get"])
     def download(self, request: Request, pk: str) -> FileResponse:
-        snapshot = selectors.snapshot_get(snapshot_id=int(pk))
+        snapshot = selectors.snapshot_get(snapshot_id=snapshot_id(pk))
         response = FileResponse(
             selectors.snapshot_open_verified(snapshot=snapshot),
             as_attachment=True,
@@ -424,6 +451,6 @@ class SnapshotViewSet(viewsets.ViewSet):
     def restore(self, request: Request, pk: str) -> Response:
         body = parse(s.RestoreInput, request.data)
         result = services.state_restore(
-            snapshot_id=int(pk), dry_run=body["dry_run"], source="api", actor=actor(request)
+            snapshot_id=snapshot_id(pk), dry_run=body["dry_run"], source="api", actor=actor(request)
         )
         return ok(s.RestoreResultSerializer(result).data)

@@ -145,7 +145,7 @@ class SetRequest:
         clean_metadata = rules.clean_metadata(metadata) if metadata is not None else None
         clean_ttl = rules.clean_ttl(ttl)
         if clean_ttl is None and clean_metadata and "ttl" in clean_metadata:
-            clean_ttl = rules.clean_ttl(clean_metadata["ttl"], field="metadata.ttl")
+            clean_ttl = rules.clean_metadata_ttl(clean_metadata["ttl"])
         return cls(
             key=rules.validate_key(key),
             value=value,
@@ -366,7 +366,7 @@ def state_set_metadata(
     """Replace the metadata map of `key`; a "ttl" item also resets its expiry."""
     key = rules.validate_key(key)
     metadata = rules.clean_metadata(metadata)
-    ttl = rules.clean_ttl(metadata["ttl"], field="metadata.ttl") if "ttl" in metadata else None
+    ttl = rules.clean_metadata_ttl(metadata["ttl"]) if "ttl" in metadata else None
     source = rules.clean_source(source)
     with _write(actor=actor) as tx:
         entry = _live_entry(tx, key)

@@ -390,6 +390,8 @@ def snapshot_id(pk: str) -> int:
     if len(pk) > 19 or int(pk) > INT64_MAX:
         raise NotFound(f"Snapshot {pk} does not exist.")
     return int(pk)
+
+
 SNAPSHOT_ID = OpenApiParameter("id", int, OpenApiParameter.PATH, description="The snapshot id.")
 
 

@@ -447,6 +447,57 @@ CASES = [
 ]
 
 
+# --- strict input (issue 7): one meaning for every request ---------------------------------
+DEL_A = {"op": "delete", "key": "a"}
+SET_C = {"op": "set", "key": "c", "value": 1}
+STRICT = [
+    ("bulk-atomic-no", "post", "/bulk", j({"operations": [DEL_A], "atomic": "no"})),
+    ("bulk-atomic-false-text", "post", "/bulk", j({"operations": [DEL_A], "atomic": "false"})),
+    ("bulk-atomic-zero", "post", "/bulk", j({"operations": [DEL_A], "atomic": 0})),
+    ("restore-dry-run-zero", "post", "/snapshots/1/restore", j({"dry_run": 0})),
+    ("restore-dry-run-text", "post", "/snapshots/1/restore", j({"dry_run": "false"})),
+    ("put-expected-version-text", "put", "/a", j({"value": 2, "expected_version": "1"})),
+    ("put-expected-version-float", "put", "/a", j({"value": 2, "expected_version": 1.0})),
+    ("put-ttl-text", "put", "/a", j({"value": 2, "ttl": "60"})),
+    ("put-ttl-float", "put", "/a", j({"value": 2, "ttl": 60.0})),
+    ("put-ttl-bool", "put", "/a", j({"value": 2, "ttl": True})),
+    ("cas-ttl-text", "post", "/cas", j({"key": "a", "expected": 1, "new_value": 2, "ttl": "60"})),
+    ("cas-version-text", "post", "/cas", j({"key": "a", "expected_version": "1", "new_value": 2})),
+    ("incr-by-text", "post", "/incr", j({"key": "n", "by": "1"})),
+    ("incr-by-integral-float", "post", "/incr", j({"key": "n", "by": 1.0})),
+    ("incr-ttl-float", "post", "/incr", j({"key": "new", "ttl": 60.0})),
+    ("bulk-ttl-text", "post", "/bulk", j({"operations": [{**SET_C, "ttl": "60"}]})),
+    ("bulk-version-text", "post", "/bulk", j({"operations": [{**DEL_A, "expected_version": "1"}]})),
+    ("bulk-unknown-field", "post", "/bulk", j({"operations": [{**SET_C, "new_value": 2}]})),
+    ("bulk-op-list", "post", "/bulk", j({"operations": [{"op": ["set"], "key": "c", "value": 1}]})),
+    ("duplicate-name-version", "put", "/a", '{"value": 2, "expected_version": 99, "expected_version": 1}'),  # noqa: E501
+    ("duplicate-name-nested", "put", "/a", '{"value": {"x": 1, "x": 2}}'),
+    ("duplicate-name-bulk", "post", "/bulk",
+     '{"operations": [{"op": "delete", "key": "a"}], "atomic": true, "atomic": false}'),
+    ("empty-limit", "get", "/keys?limit=", None),
+    ("entries-empty-limit", "get", "/entries?limit=", None),
+    ("limit-plus", "get", "/keys?limit=%2B5", None),
+    ("limit-space", "get", "/keys?limit=%205", None),
+    ("limit-arabic-digit", "get", "/keys?limit=%D9%A3", None),
+    ("limit-superscript", "get", "/keys?limit=%C2%B2", None),
+    ("empty-cursor", "get", "/keys?cursor=", None),
+    ("include-metadata-1", "get", "/a?include_metadata=1", None),
+    ("include-metadata-yes", "get", "/a?include_metadata=yes", None),
+    ("include-metadata-empty", "get", "/a?include_metadata=", None),
+    ("delete-version-empty", "delete", "/a?expected_version=", None),
+    ("delete-version-float", "delete", "/a?expected_version=1.0", None),
+    ("delete-version-superscript", "delete", "/a?expected_version=%C2%B2", None),
+    ("history-cursor-superscript", "get", f"/a/history?cursor={cursor_of('²')}", None),
+    ("history-cursor-wrI", "get", "/a/history?cursor=wrI", None),
+    ("history-cursor-zero", "get", f"/a/history?cursor={cursor_of('0')}", None),
+    ("history-cursor-huge", "get", f"/a/history?cursor={cursor_of('9' * 30)}", None),
+    ("history-cursor-long", "get", f"/a/history?cursor={cursor_of('9' * 5000)}", None),
+    ("metadata-ttl-fullwidth", "put", "/a/metadata", j({"metadata": {"ttl": "\uff16\uff10"}})),
+    ("metadata-ttl-arabic", "put", "/a", j({"value": 1, "metadata": {"ttl": "\u0663"}})),
+]  # fmt: skip
+CASES += [case(method, path, body, *V400, id=name) for name, method, path, body in STRICT]
+
+
 def store_snapshot() -> tuple:
     """Everything a bad request must not change: every entry, the event log, the revision."""
     entries = [
@@ -487,6 +538,12 @@ def test_bad_request_is_refused_in_envelope_and_changes_nothing(
     assert isinstance(payload["error"]["details"], dict)
     if index is not None:
         assert payload["error"]["details"]["index"] == index
+    if code == "validation_error":
+        fields = payload["error"]["details"]["fields"]
+        assert fields and all(
+            isinstance(name, str) and messages and all(isinstance(m, str) for m in messages)
+            for name, messages in fields.items()
+        ), payload
     assert store_snapshot() == seeded
 
 

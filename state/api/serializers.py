@@ -1,6 +1,6 @@
 """Shapes of the API's requests and responses. Rules live in `state.services`, not here."""
 
-from drf_spectacular.utils import inline_serializer
+from drf_spectacular.utils import extend_schema_serializer, inline_serializer
 from rest_framework import serializers
 
 from state.models import Snapshot, StateEvent
@@ -44,8 +44,8 @@ class Value(serializers.JSONField):
         super().__init__(**kwargs)
 
 
-class StoredValue(Value):
-    """A value to store: any JSON but null."""
+class StoredValue(serializers.JSONField):
+    """A value to store: any JSON but null (delete the key instead)."""
 
 
 class Metadata(serializers.DictField):
@@ -132,9 +132,15 @@ class QueryVersion(QueryInteger):
     pass
 
 
-class Cursor(_QueryField, _StrictText):
+class KeyCursor(_QueryField, _StrictText):
+    """A listing's cursor: the last key of the previous page (checked by the selector)."""
+
     def __init__(self, **kwargs):
-        super().__init__(allow_blank=False, trim_whitespace=False, **kwargs)
+        super().__init__(allow_blank=True, trim_whitespace=False, **kwargs)
+
+
+class RevisionCursor(KeyCursor):
+    """A history's cursor: the revision of the last event of the previous page."""
 
 
 class Prefix(_QueryField, _StrictText):
@@ -171,22 +177,27 @@ class MetadataInput(serializers.Serializer):
 class PageQuery(serializers.Serializer):
     prefix = Prefix(required=False, default="")
     limit = QueryLimit(required=False)
-    cursor = Cursor(required=False)
+    cursor = KeyCursor(required=False)
 
 
 class HistoryQuery(serializers.Serializer):
     limit = QueryLimit(required=False)
-    cursor = Cursor(required=False)
+    cursor = RevisionCursor(required=False)
+
+
+class KeyList(serializers.ListField):
+    def __init__(self, **kwargs):
+        super().__init__(child=KeyText(), allow_empty=False, **kwargs)
 
 
 class MgetInput(serializers.Serializer):
-    keys = serializers.ListField(child=KeyText(), allow_empty=False)
+    keys = KeyList()
 
 
 class CasInput(serializers.Serializer):
     key = KeyText()
     expected = Value(required=False)
-    expected_version = Version(required=False, allow_null=True)
+    expected_version = Version(required=False)
     new_value = Value()
     ttl = Ttl(required=False, allow_null=True)
     source = SourceText(required=False)
@@ -218,7 +229,7 @@ class BulkCasInput(serializers.Serializer):
     op = serializers.ChoiceField(choices=["cas"])
     key = KeyText()
     expected = Value(required=False)
-    expected_version = Version(required=False, allow_null=True)
+    expected_version = Version(required=False)
     new_value = Value()
     ttl = Ttl(required=False, allow_null=True)
 
@@ -250,8 +261,13 @@ class BulkOperationInput(serializers.Serializer):
         return dict(operation.validated_data)
 
 
+class OperationList(serializers.ListField):
+    def __init__(self, **kwargs):
+        super().__init__(child=BulkOperationInput(), allow_empty=False, **kwargs)
+
+
 class BulkInput(serializers.Serializer):
-    operations = BulkOperationInput(many=True, allow_empty=False)
+    operations = OperationList()
     atomic = StrictBoolean(required=False, default=True)
     source = SourceText(required=False)
 
@@ -354,6 +370,17 @@ class SnapshotSerializer(serializers.ModelSerializer):
             "compressed_size", "checksum", "format_version",
         ]  # fmt: skip
         read_only_fields = fields
+
+
+class SnapshotListSerializer(serializers.Serializer):
+    snapshots = SnapshotSerializer(many=True)
+
+
+# A `list` action, which spectacular would describe as a bare array; it is an envelope.
+@extend_schema_serializer(many=False, component_name="Snapshots")
+class SnapshotsEnvelope(serializers.Serializer):
+    success = serializers.BooleanField(default=True)
+    data = SnapshotListSerializer()
 
 
 class RestoreResultSerializer(serializers.Serializer):

@@ -408,8 +408,7 @@ class SnapshotViewSet(viewsets.ViewSet):
         return ok(s.SnapshotSerializer(snapshot).data, status_code=status.HTTP_201_CREATED)
 
     @extend_schema(
-        responses={200: s.enveloped("Snapshots", inline_serializer("SnapshotList", {
-            "snapshots": s.SnapshotSerializer(many=True)})), **ERRORS},
+        responses={200: s.SnapshotsEnvelope, **ERRORS},
     )  # fmt: skip
     def list(self, request: Request) -> Response:
         snapshots = s.SnapshotSerializer(selectors.snapshots_list(), many=True).data

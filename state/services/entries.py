@@ -144,8 +144,10 @@ class SetRequest:
     ) -> "SetRequest":
         clean_metadata = rules.clean_metadata(metadata) if metadata is not None else None
         clean_ttl = rules.clean_ttl(ttl)
-        if clean_ttl is None and clean_metadata and "ttl" in clean_metadata:
-            clean_ttl = rules.clean_metadata_ttl(clean_metadata["ttl"])
+        if clean_metadata and "ttl" in clean_metadata:
+            # Checked even when `ttl` is given (and wins): a bad item is never stored.
+            metadata_ttl = rules.clean_metadata_ttl(clean_metadata["ttl"])
+            clean_ttl = metadata_ttl if clean_ttl is None else clean_ttl
         return cls(
             key=rules.validate_key(key),
             value=value,

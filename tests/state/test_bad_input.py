@@ -500,7 +500,7 @@ STRICT = [
     ("history-cursor-empty", "get", "/a/history?cursor=", None),
     ("metadata-ttl-fullwidth", "put", "/a/metadata", j({"metadata": {"ttl": "\uff16\uff10"}})),
     ("metadata-ttl-arabic", "put", "/a", j({"value": 1, "metadata": {"ttl": "\u0663"}})),
-    ("metadata-ttl-bad-beside-ttl", "put", "/a", j({"value": 1, "ttl": 5, "metadata": {"ttl": ""}})),
+    ("metadata-ttl-bad-by-ttl", "put", "/a", j({"value": 1, "ttl": 5, "metadata": {"ttl": ""}})),
 ]  # fmt: skip
 CASES += [case(method, path, body, *V400, id=name) for name, method, path, body in STRICT]
 

@@ -25,9 +25,7 @@ def test_creates_a_non_staff_user_whose_token_reads_its_own_keys(db):
     services.state_set(key="secret", value=1)
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
-    assert client.get("/api/v1/state/user:carol:prefs").json()["data"]["value"] == {
-        "theme": "dark"
-    }
+    assert client.get("/api/v1/state/user:carol:prefs").json()["data"]["value"] == {"theme": "dark"}
     assert client.get("/api/v1/state/secret").status_code == 403
 
 

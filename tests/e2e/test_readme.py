@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,16 @@ def test_every_readme_shell_example_runs_in_order_on_a_fresh_store(readme_server
     assert '"type":"state_change"' in out and '"key":"feature_flag:new_ui"' in out  # the stream
     assert '"checksum":"sha256:' in out  # a snapshot through the API
     assert "result: restored" in out or "restored" in out
+
+
+def test_api_docs_work_offline_on_serve(readme_server):
+    """/api/docs/ and every script and stylesheet it loads come from this server."""
+    address, *_ = readme_server
+    with urllib.request.urlopen(f"http://{address}/api/docs/", timeout=10) as response:
+        page = response.read().decode()
+    assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', page)
+    assert assets, page[:500]
+    for asset in assets:
+        assert asset.startswith("/static/"), asset
+        with urllib.request.urlopen(f"http://{address}{asset}", timeout=10) as response:
+            assert response.status == 200 and len(response.read()) > 1000, asset

@@ -73,7 +73,7 @@ def if_match_version(request: Request) -> int | None:
     if header is None:
         return None
     text = header.strip().removeprefix("W/").strip('"')
-    if not (text.isascii() and text.isdigit()):
+    if not (text.isascii() and text.isdecimal() and len(text) <= 18):
         raise ValidationFailed('If-Match must be a version ETag such as "3".', field="If-Match")
     return int(text)
 

@@ -503,6 +503,11 @@ STRICT = [
     ("metadata-ttl-bad-by-ttl", "put", "/a", j({"value": 1, "ttl": 5, "metadata": {"ttl": ""}})),
 ]  # fmt: skip
 CASES += [case(method, path, body, *V400, id=name) for name, method, path, body in STRICT]
+CASES += [
+    case("put", "/a", j({"value": 2}), *V400, id="if-match-5000-digits",
+         headers={"If-Match": '"' + "9" * 5000 + '"'}),
+    case("delete", "/a", None, *V400, id="if-match-superscript", headers={"If-Match": '"²"'}),
+]  # fmt: skip
 
 
 def store_snapshot() -> tuple:

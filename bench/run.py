@@ -46,13 +46,18 @@ SCENARIOS = {
     "naive GET": ("get", "/bench/default/naive/", False),
     "naive PUT": ("naive_put", "/bench/default/naive/", False),
     "plain+": ("get", "/bench/plain?", False),
+    "drf const+": ("get", "/bench/drf?", False),
     "naive GET+": ("get", "/bench/naive/", False),
     "naive PUT+": ("naive_put", "/bench/naive/", False),
     "our GET": ("get", "/api/v1/state/", True),
     "our PUT": ("put", "/api/v1/state/", True),
     "our CAS": ("cas", "/api/v1/state/cas", True),
     "our incr": ("incr", "/api/v1/state/incr", True),
+    "our bulk1000": ("bulk", "/api/v1/state/bulk", True),
+    "our bulk100": ("bulk", "/api/v1/state/bulk", True),
 }
+# Bulk scenarios: (operations per request, connections). Reported as operations/s too.
+BULK = {"our bulk1000": (1000, 2), "our bulk100": (100, 4)}
 
 
 @dataclass
@@ -250,6 +255,10 @@ def run_wrk(
     env.update(
         BENCH_MODE=mode, BENCH_PATH=path, BENCH_TOKEN=token if auth else "", BENCH_KEYS=str(KEYS)
     )
+    if name in BULK:
+        ops, connections = BULK[name]
+        env["BENCH_OPS"] = str(ops)
+        timeout = max(timeout, 10)
     cmd = [
         shutil.which("wrk") or "/usr/bin/wrk",
         "-t",
@@ -303,6 +312,8 @@ def parse_wrk(name: str, out: str) -> Result:
 def errors_text(result: Result) -> str:
     socket_errors = sum(result.socket_errors.values())
     text = f"{result.non2xx} non-2xx, {socket_errors} socket err"
+    if result.name in BULK:
+        text = f"{result.rps * BULK[result.name][0]:.0f} operations/s; " + text
     if result.timeouts:
         text += f" ({result.timeouts} timeouts)"
     if result.ok is not None:

@@ -224,8 +224,12 @@ STATE_WORKER_TICK_SECS = env.float("STATE_WORKER_TICK_SECS", default=0.5)
 STATE_REQUEST_TTL_SECS = env.int("STATE_REQUEST_TTL_SECS", default=300)
 STATE_SESSION_TTL_SECS = env.int("STATE_SESSION_TTL_SECS", default=3600)
 # Threads per server process running Django's sync request handling (config/http.py).
-# Writes queue on one lock anyway; a few threads let reads proceed meanwhile.
-STATE_HTTP_THREADS = env.int("STATE_HTTP_THREADS", default=8)
+# Concurrent writes of a process commit together (group commit), so a group can be as large
+# as the number of requests in flight: enough threads for every connection a client keeps.
+STATE_HTTP_THREADS = env.int("STATE_HTTP_THREADS", default=32)
+# Group commit (state/services/writes.py): concurrent writes of one process share one
+# transaction of at most this many keys (a bigger bulk still runs, alone).
+STATE_GROUP_COMMIT_MAX_KEYS = env.int("STATE_GROUP_COMMIT_MAX_KEYS", default=2000)
 # How long a process may reuse a token's user before looking it up again (revocation delay).
 STATE_TOKEN_CACHE_SECS = env.float("STATE_TOKEN_CACHE_SECS", default=2.0)
 

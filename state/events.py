@@ -65,15 +65,16 @@ Event = StateChange | StateReset
 _unrung = threading.local()
 
 
-def publish(event: Event) -> None:
-    """Broadcast `event` once the current transaction commits (never before)."""
-    if settings.STATE_BROADCAST_CHANGES:
-        _unrung.revision = max(getattr(_unrung, "revision", 0), event.revision)
+def publish(published: Event | list[Event]) -> None:
+    """Broadcast an event (or a transaction's list of them) once the transaction commits."""
+    batch = published if isinstance(published, list) else [published]
+    if settings.STATE_BROADCAST_CHANGES and batch:
+        _unrung.revision = max(getattr(_unrung, "revision", 0), batch[-1].revision)
         # robust: a broadcast failure is logged, never turned into a failed write.
-        transaction.on_commit(partial(broadcast, event), robust=True)
+        transaction.on_commit(partial(broadcast, batch), robust=True)
 
 
-def broadcast(event: Event) -> None:
+def broadcast(batch: list[Event]) -> None:
     """Ring the doorbell: tell every server process that the store moved on.
 
     The message is tiny on purpose: listeners read the change itself from the event log, so
@@ -83,7 +84,7 @@ def broadcast(event: Event) -> None:
     number is only a hint, listeners always read the log from where they are.)
     """
     revision = getattr(_unrung, "revision", 0)
-    if revision < event.revision:
+    if revision < batch[-1].revision:
         return
     _unrung.revision = 0
     from channels.layers import get_channel_layer

@@ -76,9 +76,10 @@ class PublishedEvents:
     @property
     def events(self) -> list[state_events.Event]:
         return [
-            callback.args[0]
+            event
             for _, callback, _ in connection.run_on_commit[self._start :]
             if getattr(callback, "func", None) is state_events.broadcast
+            for event in callback.args[0]
         ]
 
     def __len__(self) -> int:

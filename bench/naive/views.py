@@ -6,7 +6,8 @@ from rest_framework.authentication import BasicAuthentication, SessionAuthentica
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.permissions import AllowAny
 from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
-from rest_framework.views import exception_handler
+from rest_framework.response import Response
+from rest_framework.views import APIView, exception_handler
 
 from .models import NaiveEntry
 
@@ -14,6 +15,16 @@ from .models import NaiveEntry
 def plain(request):
     """Answer a constant: what Django itself costs per request."""
     return JsonResponse({"success": True, "data": {"key": "plain", "value": 1}})
+
+
+class DrfConstantView(APIView):
+    """Answer a constant through DRF: what DRF itself costs per request (its ceiling)."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    def get(self, request):
+        return Response({"success": True, "data": {"key": "plain", "value": 1}})
 
 
 class NaiveEntrySerializer(serializers.ModelSerializer):

@@ -1,5 +1,6 @@
 -- One wrk script for every scenario, driven by environment variables set by bench/run.py:
---   BENCH_MODE   get | put | naive_put | cas | incr
+--   BENCH_MODE   get | put | naive_put | cas | incr | bulk
+--   BENCH_OPS    set operations per bulk request (bulk mode), ~200-byte values
 --   BENCH_PATH   path prefix, e.g. /api/v1/state/  (a key is appended for get/put)
 --   BENCH_TOKEN  API token sent as "Authorization: Bearer ..." (empty: no header)
 --   BENCH_KEYS   how many seeded keys k0..k<N-1> to spread reads/writes over
@@ -15,7 +16,7 @@ function setup(thread)
   table.insert(threads, thread)
 end
 
-local mode, path, token, nkeys
+local mode, path, token, nkeys, bulk_body
 local counter = 0
 local cas_version = 1
 ok_count, fail_count = 0, 0
@@ -28,6 +29,15 @@ function init(args)
   wrk.headers["Content-Type"] = "application/json"
   if token ~= "" then
     wrk.headers["Authorization"] = "Bearer " .. token
+  end
+  if mode == "bulk" then
+    local ops = {}
+    local pad = string.rep("x", 160)
+    for i = 1, tonumber(os.getenv("BENCH_OPS") or "1000") do
+      ops[i] = '{"op":"set","key":"bulk:' .. tid .. ':' .. i .. '","value":{"n":' .. i ..
+        ',"pad":"' .. pad .. '","ok":true}}'
+    end
+    bulk_body = '{"operations":[' .. table.concat(ops, ",") .. ']}'
   end
 end
 
@@ -53,6 +63,8 @@ function request()
     counter = counter + 1
     return wrk.format("POST", path, nil,
       '{"key":"cas' .. tid .. '","expected_version":' .. cas_version .. ',"new_value":' .. value() .. '}')
+  elseif mode == "bulk" then
+    return wrk.format("POST", path, nil, bulk_body)
   elseif mode == "incr" then
     return wrk.format("POST", path, nil, '{"key":"counter","by":1}')
   end

@@ -217,12 +217,14 @@ class BulkSetInput(serializers.Serializer):
     metadata = Metadata(required=False)
     ttl = Ttl(required=False, allow_null=True)
     expected_version = Version(required=False, allow_null=True)
+    source = SourceText(required=False)
 
 
 class BulkDeleteInput(serializers.Serializer):
     op = serializers.ChoiceField(choices=["delete"])
     key = KeyText()
     expected_version = Version(required=False, allow_null=True)
+    source = SourceText(required=False)
 
 
 class BulkCasInput(serializers.Serializer):
@@ -232,8 +234,10 @@ class BulkCasInput(serializers.Serializer):
     expected_version = Version(required=False)
     new_value = Value()
     ttl = Ttl(required=False, allow_null=True)
+    source = SourceText(required=False)
 
 
+# The operation shapes, for the schema only: the service checks every operation (see BulkParse).
 BULK_OPERATIONS: dict[str, type[serializers.Serializer]] = {
     "set": BulkSetInput,
     "delete": BulkDeleteInput,
@@ -242,23 +246,7 @@ BULK_OPERATIONS: dict[str, type[serializers.Serializer]] = {
 
 
 class BulkOperationInput(serializers.Serializer):
-    """One operation of a bulk: the shape its `op` names, and no fields of another op."""
-
-    def to_internal_value(self, data):
-        if not isinstance(data, dict):
-            raise serializers.ValidationError({"non_field_errors": ["Expected an object."]})
-        op = data.get("op")
-        shape = BULK_OPERATIONS.get(op) if isinstance(op, str) else None
-        if shape is None:
-            raise serializers.ValidationError({"op": ["Must be one of 'set', 'delete', 'cas'."]})
-        unknown = sorted(set(data) - set(shape().fields))
-        if unknown:
-            raise serializers.ValidationError(
-                {name: [f"Not a field of a '{data['op']}' operation."] for name in unknown}
-            )
-        operation = shape(data=data)
-        operation.is_valid(raise_exception=True)
-        return dict(operation.validated_data)
+    """One operation of a bulk: the shape its `op` names (schema.OperationListSchema)."""
 
 
 class OperationList(serializers.ListField):
@@ -270,6 +258,16 @@ class BulkInput(serializers.Serializer):
     operations = OperationList()
     atomic = StrictBoolean(required=False, default=True)
     source = SourceText(required=False)
+
+
+class BulkParse(BulkInput):
+    """What `bulk` parses: BulkInput's outer shape; the service checks each operation.
+
+    A nested serializer per operation cost 0.15 s of a 1,000-operation bulk (more than the
+    transaction); the service validates every field of every operation anyway.
+    """
+
+    operations = serializers.ListField(allow_empty=False)
 
 
 # --- responses ----------------------------------------------------------------------------

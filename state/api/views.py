@@ -16,7 +16,7 @@ from state.exceptions import NotFound, PermissionDenied, StateError, ValidationF
 from state.rules import INT64_MAX
 
 from . import serializers as s
-from .errors import error_body, error_fields, error_message, state_error_details
+from .errors import error_body, state_error_details
 
 ERRORS = {code: s.ERROR_ENVELOPE for code in (400, 401, 403, 404, 409, 413)}
 ENTRY = s.enveloped("EntryResponse", s.EntrySerializer(include_metadata=True))
@@ -328,13 +328,14 @@ class StateViewSet(viewsets.ViewSet):
     )  # fmt: skip
     @action(detail=False, methods=["post"])
     def bulk(self, request: Request) -> Response:
-        try:
-            body = parse(s.BulkInput, request.data)
-        except serializers.ValidationError as exc:
-            raise _bulk_invalid(exc) from exc
-        operations = [dict(operation) for operation in body["operations"]]
+        body = parse(s.BulkParse, request.data)
+        operations = body["operations"]
         for index, operation in enumerate(operations):
             try:
+                if not isinstance(operation, dict) or not isinstance(operation.get("key"), str):
+                    raise ValidationFailed(
+                        "Each operation is an object with a string 'key'.", field="operations"
+                    )
                 require_write(request, operation["key"])
             except StateError as exc:
                 exc.details["index"] = index
@@ -351,22 +352,6 @@ class StateViewSet(viewsets.ViewSet):
     @action(detail=False, methods=["get"])
     def stats(self, request: Request) -> Response:
         return ok(selectors.store_stats(readable=access.readable_filter(request.user)))
-
-
-def _bulk_invalid(exc: serializers.ValidationError) -> Exception:
-    """Name the first malformed operation of a bulk by its index, as the service does."""
-    errors = exc.detail.get("operations") if isinstance(exc.detail, dict) else None
-    if isinstance(errors, list):  # DRF gives a list, or a dict of the failing indexes
-        errors = dict(enumerate(errors))
-    if not isinstance(errors, dict):
-        return exc
-    index = min((i for i, error in errors.items() if error and isinstance(i, int)), default=None)
-    if index is None:
-        return exc
-    return ValidationFailed(
-        f"Operation {index}: {error_message(errors[index])}", fields=error_fields(exc.detail),
-        index=index,
-    )  # fmt: skip
 
 
 def _bulk_result(result: services.BulkResult) -> dict[str, Any]:

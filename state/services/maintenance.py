@@ -8,33 +8,27 @@ from django.db.models import F, Max, Min, Q
 from django.utils import timezone
 
 from ..models import StateEntry, StateEvent, WorkerJob
-from .writes import _record_write, _write
+from . import writes
+from .writes import Batch, _record_write
 
 # --- expiry -------------------------------------------------------------------------------
 
 
 def state_expire_due(*, limit: int = 1000, actor: str = "worker") -> int:
     """Remove up to `limit` entries whose TTL has passed, one `expire` event each."""
-    with _write(actor=actor) as tx:
+
+    def apply(batch: Batch) -> int:
         due = list(
-            StateEntry.objects.select_for_update()
-            .filter(expires_at__lte=tx.now)
-            .order_by("expires_at", "key")[:limit]
+            StateEntry.objects.filter(expires_at__lte=batch.now)
+            .order_by("expires_at", "key")
+            .values_list("key", flat=True)[:limit]
         )
-        if not due:
-            return 0
-        StateEntry.objects.filter(key__in=[entry.key for entry in due]).delete()
-        for entry in due:
-            tx.record(
-                revision=tx.next_revision(),
-                op="expire",
-                key=entry.key,
-                old_value=entry.value,
-                new_value=None,
-                version=entry.version,
-                source="ttl",
-            )
+        batch.load(due)
+        for key in due:
+            batch.live(key)  # finds it expired: removes it with an `expire` event
         return len(due)
+
+    return writes.commit(actor=actor, keys=[], apply=apply)
 
 
 def events_compact(

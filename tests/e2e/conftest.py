@@ -8,6 +8,7 @@ error, not a skip); on the embedded default they share a temporary SQLite file.
 import http.client
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -21,7 +22,9 @@ import pytest
 from django.conf import settings
 
 ROOT = Path(__file__).resolve().parents[2]
-PORTS = range(18300, 18400)
+# Server ports are drawn at random from this range: test runs side by side (two checkouts,
+# two CI jobs) then rarely pick the same free port in the moment between probe and bind.
+PORTS = range(20000, 40000)
 
 SEED_USERS = """
 import json
@@ -132,7 +135,7 @@ def tokens(e2e_env) -> dict[str, str]:
 
 
 def _free_port(taken: set[int]) -> int:
-    for port in PORTS:
+    for port in random.sample(PORTS, 200):
         if port in taken:
             continue
         with socket.socket() as probe:
@@ -142,7 +145,7 @@ def _free_port(taken: set[int]) -> int:
             except OSError:
                 continue
         return port
-    raise RuntimeError("No free port in 18300-18399.")
+    raise RuntimeError(f"No free port found in {PORTS}.")
 
 
 def _wait_ready(process: subprocess.Popen, port: int, log: Path, timeout: float = 20) -> None:

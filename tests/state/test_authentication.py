@@ -50,10 +50,23 @@ def test_change_without_signals_takes_effect_within_the_cache_time(user_client, 
     assert read(user_client) == 401
 
 
-def test_group_rules_are_read_per_request_not_cached_with_the_token(user_client, user):
+def test_new_membership_and_rule_changes_clear_the_cached_rules_at_once(user_client, user):
     body = {"value": 1}
     assert user_client.put(KEY, body, format="json").status_code == 403
     group = Group.objects.create(name="planners")
-    AccessRule.objects.create(group=group, prefix="team:", access=AccessRule.Access.WRITE)
-    user.groups.add(group)  # m2m change: no user save, the cached token entry stays
+    rule = AccessRule.objects.create(group=group, prefix="team:", access=AccessRule.Access.WRITE)
+    user.groups.add(group)  # m2m change: no user save
     assert user_client.put(KEY, body, format="json").status_code == 201
+    rule.delete()
+    assert user_client.put(KEY, body, format="json").status_code == 403
+
+
+def test_a_cached_token_reads_no_rules_from_the_database(
+    user_client, writer_client, django_assert_num_queries
+):
+    """Group rules come with the cached user: a refused read costs no query, a GET one."""
+    for client, key, status, queries in ((user_client, "reports:x", 403, 0),
+                                         (writer_client, "team:x", 404, 1)):  # fmt: skip
+        assert client.get(f"/api/v1/state/{key}").status_code == status
+        with django_assert_num_queries(queries):
+            assert client.get(f"/api/v1/state/{key}").status_code == status

@@ -743,7 +743,7 @@ def test_published_events_match_event_log(db, published_events):
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_nothing_is_published_before_commit(monkeypatch):
     seen: list[int] = []
-    monkeypatch.setattr(events, "broadcast", lambda event: seen.append(event.revision))
+    monkeypatch.setattr(events, "broadcast", lambda batch: seen.extend(e.revision for e in batch))
     from django.db import transaction
 
     with transaction.atomic():
@@ -795,7 +795,7 @@ def test_entry_get_uses_one_query(db, django_assert_num_queries):
 
 
 def test_state_set_create_query_count(db, django_assert_num_queries):
-    # savepoint, bump revision, lock-read entry, insert entry, insert event, release
+    # savepoint, bump revision (the store lock), read entry, upsert entry, insert event, release
     with django_assert_num_queries(6):
         services.state_set(key="a", value=1)
 
@@ -823,3 +823,15 @@ def test_entries_get_many_uses_one_query(db, django_assert_num_queries):
         services.state_set(key=key, value=1)
     with django_assert_num_queries(1):
         selectors.entries_get_many(keys=["a", "b", "c", "d"])
+
+
+@pytest.mark.parametrize("size", [1, 40, 600])
+def test_bulk_query_count_is_constant(db, django_assert_num_queries, size):
+    """However many operations: lock, read, delete, write entries, write events, move revision."""
+    services.state_bulk(operations=[{"op": "set", "key": f"k{n}", "value": n} for n in range(size)])
+    operations = [{"op": "set", "key": f"k{n}", "value": -n} for n in range(size)]
+    operations += [{"op": "delete", "key": f"k{n}"} for n in range(0, size, 2)]
+    operations += [{"op": "cas", "key": "new", "expected": None, "new_value": 1}]
+    # savepoint, bump, read, delete, write entries, write events, move the revision, release
+    with django_assert_num_queries(8):
+        services.state_bulk(operations=operations)

@@ -108,7 +108,7 @@ def summarize(output: str, stats_file: Path) -> dict:
     """Read the figures: requests and statuses from our hooks, cases and failures from the CLI."""
     stats = json.loads(stats_file.read_text()) if stats_file.exists() else {}
     generated = re.search(r"(\d+) generated", output)
-    failures = re.search(r"found (\d+) unique failures", output)
+    failures = re.search(r"found (\d+) unique failures?", output)
     return {
         "requests": stats.get("requests", 0),
         "server_errors": stats.get("5xx", 0),

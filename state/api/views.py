@@ -336,6 +336,11 @@ class StateViewSet(viewsets.ViewSet):
                     raise ValidationFailed(
                         "Each operation is an object with a string 'key'.", field="operations"
                     )
+                if operation.get("op") == "cas" and operation.get("expected_version", 0) is None:
+                    # As in POST /cas: a compare-and-swap names one expectation, never null.
+                    raise ValidationFailed(
+                        "expected_version must be an integer.", field="expected_version"
+                    )
                 require_write(request, operation["key"])
             except StateError as exc:
                 exc.details["index"] = index

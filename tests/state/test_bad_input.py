@@ -472,6 +472,10 @@ STRICT = [
     ("bulk-ttl-text", "post", "/bulk", j({"operations": [{**SET_C, "ttl": "60"}]})),
     ("bulk-version-text", "post", "/bulk", j({"operations": [{**DEL_A, "expected_version": "1"}]})),
     ("bulk-unknown-field", "post", "/bulk", j({"operations": [{**SET_C, "new_value": 2}]})),
+    ("bulk-cas-null-version", "post", "/bulk", j({"operations": [{"op": "cas", "key": "a",
+     "expected": 1, "expected_version": None, "new_value": 2}]})),
+    ("cas-null-version", "post", "/cas", j({"key": "a", "expected": 1, "expected_version": None,
+     "new_value": 2})),
     ("bulk-op-list", "post", "/bulk", j({"operations": [{"op": ["set"], "key": "c", "value": 1}]})),
     ("duplicate-name-version", "put", "/a", '{"value": 2, "expected_version": 99, "expected_version": 1}'),  # noqa: E501
     ("duplicate-name-nested", "put", "/a", '{"value": {"x": 1, "x": 2}}'),

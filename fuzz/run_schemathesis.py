@@ -93,7 +93,8 @@ def fuzz(role: str, token: str, port: int, env: dict[str, str], args, reports: P
     ]  # fmt: skip
     started = time.monotonic()
     result = subprocess.run(
-        command, cwd=ROOT, capture_output=True, text=True,
+        # In the work directory: schemathesis keeps a cache of crashes where it runs.
+        command, cwd=reports, capture_output=True, text=True,
         env={**env, "SCHEMATHESIS_HOOKS": "fuzz.hooks", "STATEHUB_FUZZ_STATS": str(stats)},
     )  # fmt: skip
     (reports / f"{role}.log").write_text(result.stdout + result.stderr)

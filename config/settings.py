@@ -150,6 +150,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["state.api.parsers.BoundedJSONParser"],
     "EXCEPTION_HANDLER": "state.api.errors.exception_handler",
+    "DEFAULT_METADATA_CLASS": "state.api.metadata.EnvelopedMetadata",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }

@@ -74,6 +74,17 @@ def test_wrong_method_is_405_envelope(staff_client):
     envelope(staff_client.delete(f"{URL}/stats"), 405, "method_not_allowed")
 
 
+def test_options_is_an_envelope(staff_client):
+    response = staff_client.options(f"{URL}/keys")
+    assert response.status_code == 200
+    assert response.json()["success"] is True and "name" in response.json()["data"]
+
+
+def test_unacceptable_accept_header_is_406_envelope(staff_client):
+    response = staff_client.get(f"{URL}/stats", headers={"Accept": "text/html"})
+    envelope(response, 406, "not_acceptable")
+
+
 def test_wrong_media_type_is_415_envelope(staff_client):
     response = staff_client.put(
         f"{URL}/a", "value=1", content_type="application/x-www-form-urlencoded"

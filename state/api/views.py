@@ -82,6 +82,10 @@ def entry_data(entry, *, include_metadata: bool = False) -> dict[str, Any]:
     return s.EntrySerializer(entry, include_metadata=include_metadata).data
 
 
+# Fields of bulk operations that may be absent but not null (as in PUT and POST /cas); the
+# service would read a null as absent.
+BULK_NOT_NULL = {"set": ("metadata",), "cas": ("expected_version",)}
+
 KEY_PARAM = OpenApiParameter("key", str, OpenApiParameter.PATH, description="The state key.")
 
 
@@ -336,11 +340,10 @@ class StateViewSet(viewsets.ViewSet):
                     raise ValidationFailed(
                         "Each operation is an object with a string 'key'.", field="operations"
                     )
-                if operation.get("op") == "cas" and operation.get("expected_version", 0) is None:
-                    # As in POST /cas: a compare-and-swap names one expectation, never null.
-                    raise ValidationFailed(
-                        "expected_version must be an integer.", field="expected_version"
-                    )
+                kind = operation.get("op")
+                for name in BULK_NOT_NULL.get(kind, ()) if isinstance(kind, str) else ():
+                    if name in operation and operation[name] is None:
+                        raise ValidationFailed(f"{name} cannot be null.", field=name)
                 require_write(request, operation["key"])
             except StateError as exc:
                 exc.details["index"] = index

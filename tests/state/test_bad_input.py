@@ -474,6 +474,7 @@ STRICT = [
     ("bulk-unknown-field", "post", "/bulk", j({"operations": [{**SET_C, "new_value": 2}]})),
     ("bulk-cas-null-version", "post", "/bulk", j({"operations": [{"op": "cas", "key": "a",
      "expected": 1, "expected_version": None, "new_value": 2}]})),
+    ("bulk-set-null-metadata", "post", "/bulk", j({"operations": [{**SET_C, "metadata": None}]})),
     ("cas-null-version", "post", "/cas", j({"key": "a", "expected": 1, "expected_version": None,
      "new_value": 2})),
     ("bulk-op-list", "post", "/bulk", j({"operations": [{"op": ["set"], "key": "c", "value": 1}]})),

@@ -14,7 +14,6 @@ from drf_spectacular.extensions import (
     OpenApiSerializerExtension,
     OpenApiSerializerFieldExtension,
 )
-from drf_spectacular.plumbing import ResolvedComponent
 
 from state import rules
 
@@ -297,6 +296,3 @@ def postprocess(result: dict[str, Any], generator, request, public) -> dict[str,
             if method in WRITES:
                 responses["409"] = _error_response(CONFLICT)
     return result
-
-
-__all__ = ["EXTENSIONS", "ResolvedComponent", "postprocess"]

@@ -16,6 +16,7 @@ Examples:
 """
 
 import argparse
+import atexit
 import os
 import re
 import shutil
@@ -34,7 +35,8 @@ VENV_BIN = Path(sys.executable).parent
 LUA = ROOT / "bench" / "wrk" / "bench.lua"
 PORTS = range(18200, 18300)
 PG_URL = "postgres://postgres@127.0.0.1:5432"
-PG_DB = "statehub_bench"
+# One database per bench run (two runs side by side must not drop each other's), dropped at exit.
+PG_DB = f"statehub_bench_{os.getpid()}"
 REDIS_URL = "redis://127.0.0.1:6379/2"
 KEYS = 100
 
@@ -55,9 +57,17 @@ SCENARIOS = {
     "our incr": ("incr", "/api/v1/state/incr", True),
     "our bulk1000": ("bulk", "/api/v1/state/bulk", True),
     "our bulk100": ("bulk", "/api/v1/state/bulk", True),
+    "our PUT 1k subs": ("put", "/api/v1/state/", True),
+    **{name: ("sql", "", False) for name in ("SQL 1/tx", "SQL 20/tx", "SQL 1000/tx")},
 }
 # Bulk scenarios: (operations per request, connections). Reported as operations/s too.
 BULK = {"our bulk1000": (1000, 2), "our bulk100": (100, 4)}
+# our PUT while this many WebSocket subscribers (bench/subscribers.py) receive every change.
+SUBSCRIBED = {"our PUT 1k subs": 1000}
+# The SQL-level ceiling of the same changes, with pgbench on the same database (PostgreSQL):
+# name: (changes per transaction, clients). Each transaction is what our write path sends:
+# bump the revision row, read the entries, upsert them, insert their events, commit.
+SQL_CEILING = {"SQL 1/tx": (1, 32), "SQL 20/tx": (20, 32), "SQL 1000/tx": (1000, 2)}
 
 
 @dataclass
@@ -86,6 +96,7 @@ def prepare_database(db: str, workdir: Path) -> str:
         with psycopg.connect(f"{PG_URL}/postgres", autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)")
             conn.execute(f"CREATE DATABASE {PG_DB}")
+        atexit.register(drop_database)
         url = f"{PG_URL}/{PG_DB}"
     else:
         url = f"sqlite:///{workdir / 'bench.sqlite3'}"
@@ -93,6 +104,13 @@ def prepare_database(db: str, workdir: Path) -> str:
     manage = [sys.executable, str(ROOT / "manage.py"), "migrate", "-v0"]
     subprocess.run(manage, env=env, check=True, cwd=ROOT)
     return url
+
+
+def drop_database() -> None:
+    import psycopg
+
+    with psycopg.connect(f"{PG_URL}/postgres", autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)")
 
 
 def seed(url: str, connections: int) -> str:
@@ -309,7 +327,64 @@ def parse_wrk(name: str, out: str) -> Result:
 # --- reporting ------------------------------------------------------------------------------
 
 
+def with_subscribers(server: Server, token: str, count: int):
+    """Start `count` subscribers to the bench keys; return the process (READY when connected)."""
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "subscribers.py"), server.url, token, str(count),
+         "k"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    if process.stdout.readline().strip() != "READY":
+        process.kill()
+        raise SystemExit("the subscribers did not connect")
+    return process
+
+
+PGBENCH = """\\set k random(0, {keys})
+BEGIN;
+UPDATE state_storerevision SET revision = revision + {n} WHERE id = 1 RETURNING revision;
+SELECT "key", "value"::text, "metadata"::text, "version" FROM state_stateentry
+  WHERE "key" = ANY(ARRAY(SELECT 'sql' || ((:k + i) % {keys}) FROM generate_series(1, {n}) i));
+INSERT INTO state_stateentry ("key", "value", "metadata", "version", "revision", "created_at",
+  "updated_at", "expires_at", "source", "size")
+  SELECT 'sql' || ((:k + i) % {keys}), '{{"n":1,"name":"bench","tags":["a","b"],"ok":true}}',
+    '{{}}', 1, r.revision - {n} + i, now(), now(), NULL, 'sql', 45
+  FROM generate_series(1, {n}) i, state_storerevision r WHERE r.id = 1
+  ON CONFLICT ("key") DO UPDATE SET "value" = excluded."value", "version" =
+    state_stateentry."version" + 1, "revision" = excluded."revision", "updated_at" = now();
+INSERT INTO state_stateevent ("revision", "key", "op", "old_value", "new_value", "version",
+  "source", "actor", "timestamp")
+  SELECT r.revision - {n} + i, 'sql' || ((:k + i) % {keys}), 'set', NULL,
+    '{{"n":1,"name":"bench","tags":["a","b"],"ok":true}}', 1, 'sql', 'bench', now()
+  FROM generate_series(1, {n}) i, state_storerevision r WHERE r.id = 1;
+END;
+"""
+
+
+def pgbench(name: str, *, url: str, duration: float) -> Result:
+    """Run the SQL-level ceiling `name` with pgbench; rps counts changes, not transactions."""
+    changes, clients = SQL_CEILING[name]
+    keys = max(KEYS, changes * 2)
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
+        script.write(PGBENCH.format(n=changes, keys=keys))
+    try:
+        out = subprocess.run(
+            [shutil.which("pgbench") or "pgbench", "-n", "-f", script.name, "-c", str(clients),
+             "-j", "2", "-T", str(int(duration)), "-r", url],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+    finally:
+        os.unlink(script.name)
+    tps = float(re.search(r"tps = ([\d.]+)", out).group(1))
+    latency = float(re.search(r"latency average = ([\d.]+) ms", out).group(1))
+    return Result(name=name, rps=tps * changes, p50_ms=latency, p99_ms=0.0,
+                  requests=int(re.search(r"processed: (\d+)", out).group(1)), non2xx=0,
+                  socket_errors={}, timeouts=0, raw=out)  # fmt: skip
+
+
 def errors_text(result: Result) -> str:
+    if result.name in SQL_CEILING:
+        return f"changes/s (pgbench, {SQL_CEILING[result.name][1]} clients, mean latency)"
     socket_errors = sum(result.socket_errors.values())
     text = f"{result.non2xx} non-2xx, {socket_errors} socket err"
     if result.name in BULK:
@@ -383,14 +458,25 @@ def bench(
             timeout=args.timeout,
         )
         for name in scenarios:
-            results[name] = run_wrk(
-                name,
-                server=server,
-                token=token,
-                connections=args.connections,
-                duration=args.duration,
-                timeout=args.timeout,
-            )
+            if name in SQL_CEILING:
+                continue
+            subscribers = with_subscribers(server, token, SUBSCRIBED[name]) if (
+                name in SUBSCRIBED) else None  # fmt: skip
+            try:
+                results[name] = run_wrk(
+                    name,
+                    server=server,
+                    token=token,
+                    connections=args.connections,
+                    duration=args.duration,
+                    timeout=args.timeout,
+                )
+            finally:
+                if subscribers is not None:
+                    received, _ = subscribers.communicate("x", timeout=60)
+                    results[name].raw += f"\nsubscribers received {received.strip()} changes"
+                    print(f"  ({SUBSCRIBED[name]} subscribers received {received.strip()} "
+                          "changes)", flush=True)  # fmt: skip
             if args.raw:
                 print(f"## {name}\n{results[name].raw}", flush=True)
             else:
@@ -402,6 +488,11 @@ def bench(
                 )
     finally:
         server.stop()
+    for name in scenarios:
+        if name in SQL_CEILING and db == "pg":
+            results[name] = pgbench(name, url=url, duration=args.duration)
+            r = results[name]
+            print(f"  {name:<10} {r.rps:8.0f} changes/s  mean {r.p50_ms:7.1f} ms", flush=True)
     return results
 
 

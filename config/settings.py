@@ -129,6 +129,9 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# Admin and live page (issue 10): where collectstatic puts files for WhiteNoise to serve; the
+# end-to-end tests collect into a directory of their own.
+STATIC_ROOT = env.path("STATIC_ROOT", default=STATIC_ROOT)
 MEDIA_ROOT = env.path("MEDIA_ROOT", default=BASE_DIR / "var" / "media")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
@@ -233,6 +236,12 @@ STATE_HTTP_THREADS = env.int("STATE_HTTP_THREADS", default=32)
 STATE_GROUP_COMMIT_MAX_KEYS = env.int("STATE_GROUP_COMMIT_MAX_KEYS", default=2000)
 # How long a process may reuse a token's user before looking it up again (revocation delay).
 STATE_TOKEN_CACHE_SECS = env.float("STATE_TOKEN_CACHE_SECS", default=2.0)
+
+# Encryption at rest (state/crypto.py): values of keys under these prefixes are stored as
+# Fernet tokens. Keys: comma-separated Fernet keys, newest first (the first encrypts, all
+# decrypt); rotate by prepending a key, then `manage.py rotate_keys`. Checked at start-up.
+STATE_ENCRYPTED_PREFIXES = env.list("STATE_ENCRYPTED_PREFIXES", default=[])
+STATE_ENCRYPTION_KEYS = env.list("STATE_ENCRYPTION_KEYS", default=[])
 
 LOGGING = {
     "version": 1,

@@ -4,9 +4,12 @@ from django.views import defaults
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from state import health
+from state.admin.live import live_view
 from state.api import errors
 
 urlpatterns = [
+    # Before the admin's own routes, so the live page can sit under /admin/state/.
+    path("admin/state/live/", admin.site.admin_view(live_view), name="state-live"),
     path("admin/", admin.site.urls),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),

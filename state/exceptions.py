@@ -58,5 +58,12 @@ class Unavailable(StateError):
     status = 503
 
 
+class EncryptionError(StateError):
+    """A stored value the configured keys cannot open (a dropped or wrong key): server-side."""
+
+    code = "encryption_error"
+    status = 500
+
+
 class InvalidSnapshot(ValidationFailed):
     """A snapshot file that is corrupt, truncated, foreign or of a future format version."""

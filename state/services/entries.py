@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from django.conf import settings
 
-from .. import rules
+from .. import crypto, rules
 from ..exceptions import (
     CasFailed,
     NotANumber,
@@ -77,6 +77,7 @@ class SetOp:
             clean_ttl = metadata_ttl if clean_ttl is None else clean_ttl
         key = rules.validate_key(key)
         text, size = rules.encode_storable(value)
+        text = crypto.seal_text(key, text)  # crypto: stored sealed (size stays the plain size)
         return cls(
             key=key,
             value=value,
@@ -163,6 +164,7 @@ class CasOp:
                 field="expected",
             )
         text, size = rules.encode_storable(new_value) if new_value is not None else (None, 0)
+        text = crypto.seal_text(key, text)  # crypto: stored sealed (size stays the plain size)
         return cls(
             key=key,
             expected=expected,
@@ -234,9 +236,9 @@ class IncrOp:
                 raise NotANumber(
                     f"Incrementing '{self.key}' would overflow 64 bits.", current=current
                 )
-        text = str(value)
+        text = crypto.seal_text(self.key, str(value))  # crypto: stored sealed
         return batch.put(
-            row, key=self.key, value=value, text=text, size=len(text), metadata=metadata,
+            row, key=self.key, value=value, text=text, size=len(str(value)), metadata=metadata,
             expires_at=expires_at, source=self.source,
         )  # fmt: skip
 

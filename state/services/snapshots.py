@@ -12,7 +12,7 @@ from django.conf import settings
 from django.core.files import File
 from django.db import connection, transaction
 
-from .. import events, rules, selectors, snapshots
+from .. import crypto, events, rules, selectors, snapshots
 from ..exceptions import InvalidSnapshot, NotFound, StateError, ValidationFailed
 from ..models import Snapshot, StateEntry, StateEvent, snapshot_storage
 from .writes import _record_write, _write
@@ -114,7 +114,8 @@ def _restore_entry(entry: snapshots.Entry, *, revision: int) -> StateEntry:
     """Check one snapshot entry against the store's rules; return the row it becomes."""
     try:
         rules.validate_key(entry.key)
-        size = rules.value_size(entry.value)
+        stored, plain = crypto.for_restore(entry.key, entry.value)  # crypto: kept sealed, must open
+        size = rules.value_size(plain)
         metadata = rules.clean_metadata(entry.metadata)
         source = rules.clean_source(entry.source)
     except StateError as exc:
@@ -123,7 +124,7 @@ def _restore_entry(entry: snapshots.Entry, *, revision: int) -> StateEntry:
         ) from exc
     return StateEntry(
         key=entry.key,
-        value=entry.value,
+        value=stored,
         metadata=metadata,
         version=entry.version,
         revision=revision,

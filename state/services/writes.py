@@ -30,7 +30,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from .. import events, rules, selectors
+from .. import crypto, events, rules, selectors
 from ..exceptions import StateError
 from ..models import StateEntry, StateEvent
 
@@ -137,7 +137,7 @@ class Row:
     @property
     def value(self) -> Any:
         if self.decoded is rules.MISSING:
-            self.decoded = json.loads(self.text)
+            self.decoded = crypto.unseal(self.key, json.loads(self.text))  # crypto: plain value
         return self.decoded
 
     def entry(self) -> StateEntry:
@@ -415,7 +415,8 @@ def _write_rows(rows: list[Row]) -> None:
         _ROW_COLUMNS,
         [
             [
-                row.key, row.text, _json(row.metadata), row.version, row.revision,
+                row.key, row.text, _json(row.metadata) if row.metadata else "{}", row.version,
+                row.revision,
                 adapt(row.created_at), adapt(row.updated_at),
                 adapt(row.expires_at) if row.expires_at is not None else None,
                 row.source, row.size,

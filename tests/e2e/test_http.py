@@ -22,7 +22,7 @@ def raw(server, method: str, path: str, token: str, body: bytes | None = None):
 def test_more_concurrent_requests_than_pool_threads_all_complete(servers, tokens):
     server = servers[0]
     server.put("e2e-http:counter", 0, tokens["e2e-staff"])
-    requests = settings.STATE_HTTP_THREADS * 6
+    requests = settings.STATE_HTTP_THREADS * 2
 
     def incr(_):
         return server.request("POST", "/api/v1/state/incr", tokens["e2e-staff"],

@@ -1,6 +1,7 @@
 """Run statehub on the embedded default: migrate, a demo staff user, then server + worker."""
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -30,15 +31,27 @@ class Command(BaseCommand):
         staff, created = get_user_model().objects.get_or_create(
             username=user, defaults={"is_staff": True, "is_superuser": True}
         )
-        if created:
-            staff.set_unusable_password()
+        # The admin password is generated once and shown once: only its hash is stored, so a
+        # later run cannot show it again (`manage.py changepassword` sets a new one).
+        password = None
+        if created or not staff.has_usable_password():
+            password = secrets.token_urlsafe(12)
+            staff.set_password(password)
             staff.save(update_fields=["password"])
         token, _ = Token.objects.get_or_create(user=staff)
         base = f"http://{host}:{port}"
+        shown = (
+            f"{password}   (shown this once; keep it)"
+            if password
+            else f"set earlier; `manage.py changepassword {user}` sets a new one"
+        )
         self.stdout.write(
             f"statehub on {base}\n"
             f"  demo staff user: {user}\n"
             f"  token:           {token.key}\n"
+            f"  admin:           {base}/admin/  (user {user})\n"
+            f"  password:        {shown}\n"
+            f"  live page:       {base}/admin/state/live/\n"
             f"  try:  curl -H 'Authorization: Bearer {token.key}' {base}/api/v1/state/stats\n"
             f"  docs: {base}/api/docs/\n"
         )

@@ -116,6 +116,7 @@ def test_every_readme_shell_example_runs_in_order_on_a_fresh_store(readme_server
     assert result.returncode == 0, (
         f"README block {ran - 1} of {len(blocks)} failed:\n{blocks[ran - 1]}\n"
         f"--- its output:\n{outputs[-1] if outputs else ''}\n--- stderr:\n{result.stderr[-3000:]}"
+        f"\n--- server log:\n{(work / 'serve.log').read_text()[-3000:]}"
     )
     assert ran == len(blocks)
     out = result.stdout

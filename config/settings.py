@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "channels",
     "state",
     "sessions_tracking",
@@ -183,6 +184,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["state.api.parsers.BoundedJSONParser"],
     "EXCEPTION_HANDLER": "state.api.errors.exception_handler",
+    "DEFAULT_METADATA_CLASS": "state.api.metadata.EnvelopedMetadata",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
@@ -193,12 +195,25 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # 3.0.3, not 3.1: its JSON Schema draft keeps `integer` apart from numbers such as 1.0,
+    # which the API refuses where it wants an integer (under 3.1, 1.0 is a valid integer).
+    "OAS_VERSION": "3.0.3",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "state.api.schema.postprocess",
+    ],
+    # Swagger UI from our own static files (drf-spectacular-sidecar): /api/docs/ works offline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # statehub's own settings.
 STATE_MAX_VALUE_BYTES = env.int("STATE_MAX_VALUE_BYTES", default=1024 * 1024)
 STATE_MAX_VALUE_DEPTH = env.int("STATE_MAX_VALUE_DEPTH", default=100)
 STATE_MAX_REQUEST_BYTES = env.int("STATE_MAX_REQUEST_BYTES", default=32 * 1024 * 1024)
+# One request-size limit: Django refuses larger bodies as DRF's parser does (both answer 413).
+DATA_UPLOAD_MAX_MEMORY_SIZE = STATE_MAX_REQUEST_BYTES
 STATE_MAX_METADATA_ENTRIES = env.int("STATE_MAX_METADATA_ENTRIES", default=64)
 STATE_MAX_METADATA_KEY_LENGTH = env.int("STATE_MAX_METADATA_KEY_LENGTH", default=128)
 STATE_MAX_METADATA_VALUE_LENGTH = env.int("STATE_MAX_METADATA_VALUE_LENGTH", default=1024)

@@ -184,18 +184,35 @@ def clean_metadata(metadata: Any) -> dict[str, str]:
 
 
 def clean_ttl(ttl: Any, *, field: str = "ttl") -> int | None:
+    """Return a TTL given as a JSON integer of seconds (None: no expiry); refuse anything else."""
     if ttl is None:
         return None
-    # isdecimal, not isdigit: int() refuses digits such as "²".
-    if isinstance(ttl, str) and ttl.strip().isdecimal():
-        ttl = int(ttl)
     if isinstance(ttl, bool) or not isinstance(ttl, int):
-        raise ValidationFailed("ttl must be a whole number of seconds.", field=field)
+        raise ValidationFailed("ttl must be a JSON integer of seconds.", field=field)
     if not 1 <= ttl <= settings.STATE_MAX_TTL_SECS:
         raise ValidationFailed(
             f"ttl must be between 1 and {settings.STATE_MAX_TTL_SECS} seconds.", field=field
         )
     return ttl
+
+
+def clean_ttl_text(text: Any, *, field: str = "ttl") -> int | None:
+    """Return a TTL typed as text (a form field, a metadata item): ASCII digits, or an int."""
+    if text is None or isinstance(text, int):
+        return clean_ttl(text, field=field)
+    # isascii too: "²".isdigit() and "٣".isdecimal() are both true.
+    if not isinstance(text, str) or not (text.isascii() and text.isdecimal()):
+        raise ValidationFailed(
+            "ttl must be a whole number of seconds, in decimal digits.", field=field
+        )
+    return clean_ttl(int(text) if len(text) <= 20 else INT64_MAX + 1, field=field)
+
+
+def clean_metadata_ttl(text: Any, *, field: str = "metadata.ttl") -> int:
+    """Return the TTL a metadata "ttl" item (text, as all metadata) sets: ASCII digits only."""
+    if not isinstance(text, str):
+        raise ValidationFailed("A metadata ttl must be text of decimal digits.", field=field)
+    return clean_ttl_text(text, field=field)
 
 
 def clean_source(source: Any) -> str:

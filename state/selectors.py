@@ -1,8 +1,7 @@
 """Reads of the store. Expired entries are absent here even before the worker sweeps them."""
 
-import base64
-import binascii
 import json
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -117,19 +116,33 @@ def store_revision() -> int:
 # --- listing ------------------------------------------------------------------------------
 
 
+# Cursors are positions in plain text, so a client or a schema can say what a valid one is:
+# a listing's cursor is the last key of the previous page (the next page starts after it), a
+# history's is the revision of the last event shown (the next page holds older ones).
+HISTORY_CURSOR = re.compile(r"[1-9][0-9]{0,17}")
+
+
 def encode_cursor(last: str | int) -> str:
-    return base64.urlsafe_b64encode(str(last).encode()).decode().rstrip("=")
+    return str(last)
 
 
-def decode_cursor(cursor: str | None) -> str | None:
-    """Return the position a cursor from `encode_cursor` stands for; raise on garbage."""
-    if not cursor:
+def decode_key_cursor(cursor: str | None) -> str | None:
+    """Return the key a listing cursor names; raise unless it is a valid key."""
+    if cursor is None:
         return None
-    try:
-        padded = (cursor + "=" * (-len(cursor) % 4)).encode()
-        return base64.b64decode(padded, altchars=b"-_", validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise ValidationFailed("The cursor is not valid.", field="cursor") from exc
+    if not KEY_PATTERN.fullmatch(cursor):
+        raise ValidationFailed("The cursor is not valid: it must be a key.", field="cursor")
+    return cursor
+
+
+def decode_revision_cursor(cursor: str | None) -> int | None:
+    """Return the revision a history cursor names; raise unless it is one (1-18 digits)."""
+    if cursor is None:
+        return None
+    # fullmatch on an ASCII pattern, not str.isdigit(): "²".isdigit() is true, int("²") raises.
+    if not HISTORY_CURSOR.fullmatch(cursor):
+        raise ValidationFailed("The cursor is not valid: it must be a revision.", field="cursor")
+    return int(cursor)
 
 
 def key_prefix_q(prefix: str) -> Q:
@@ -163,9 +176,7 @@ def _entries_page(
     limit = clean_limit(
         limit, default=settings.STATE_LIST_DEFAULT_LIMIT, maximum=settings.STATE_LIST_MAX_LIMIT
     )
-    after = decode_cursor(cursor)
-    if after is not None and not KEY_PATTERN.fullmatch(after):
-        raise ValidationFailed("The cursor is not valid.", field="cursor")
+    after = decode_key_cursor(cursor)
     if prefix and not KEY_PATTERN.fullmatch(prefix):
         raise ValidationFailed("prefix must be the start of a valid key.", field="prefix")
     matching = _live()
@@ -226,12 +237,10 @@ def entries_list(
 def key_history(*, key: str, limit: int | None = None, cursor: str | None = None) -> Page:
     """Return one page of the change events of `key`, newest first."""
     limit = clean_limit(limit, default=100, maximum=settings.STATE_LIST_MAX_LIMIT)
-    before = decode_cursor(cursor)
+    before = decode_revision_cursor(cursor)
     events = StateEvent.objects.filter(key=key).order_by("-revision")
     if before is not None:
-        if not before.isdigit():
-            raise ValidationFailed("The cursor is not valid.", field="cursor")
-        events = events.filter(revision__lt=int(before))
+        events = events.filter(revision__lt=before)
     items = [_plain_event(event) for event in events[: limit + 1]]
     return _page(items, total=StateEvent.objects.filter(key=key).count(), limit=limit,
                  last_key=lambda event: event.revision)  # fmt: skip

@@ -39,7 +39,13 @@ class Job:
 
 
 # What a job's summary starts with when it found nothing to do.
-IDLE_RESULTS = ("expired 0 keys", "removed 0 events", "unchanged since", "deactivated 0 ")
+IDLE_RESULTS = (
+    "expired 0 keys",
+    "removed 0 events",
+    "unchanged since",
+    "nothing to snapshot",
+    "deactivated 0 ",
+)
 
 
 def expire_keys(should_stop: ShouldStop) -> str:
@@ -59,6 +65,9 @@ def take_snapshot(should_stop: ShouldStop) -> str:
     latest = selectors.snapshots_list().first()
     if latest is not None and latest.revision == selectors.store_revision():
         return f"unchanged since snapshot {latest.pk}"
+    if latest is None and not selectors.keys_list(limit=1).items:
+        # A first start on an empty store: a snapshot of nothing restores nothing.
+        return "nothing to snapshot: the store is empty"
     snapshot = services.snapshot_create(label="periodic", actor="worker")
     return f"snapshot {snapshot.pk}: {snapshot.key_count} keys at revision {snapshot.revision}"
 
@@ -160,7 +169,8 @@ class Worker:
 
     def run_forever(self) -> None:
         """Loop until `stop()`: run due jobs, then sleep a tick in short, interruptible naps."""
-        logger.info("worker %s started: jobs %s", self.name, ", ".join(j.name for j in self.jobs))
+        # DEBUG: the state_worker command prints its own started/stopped lines.
+        logger.debug("worker %s started: jobs %s", self.name, ", ".join(j.name for j in self.jobs))
         while not self._stopping:
             # A worker lives for days: drop connections the database has closed meanwhile.
             close_old_connections()
@@ -172,4 +182,4 @@ class Worker:
             deadline = time.monotonic() + self.tick_secs
             while not self._stopping and time.monotonic() < deadline:
                 time.sleep(min(0.1, max(deadline - time.monotonic(), 0)))
-        logger.info("worker %s stopped", self.name)
+        logger.debug("worker %s stopped", self.name)

@@ -141,7 +141,7 @@ class EntryForm(forms.ModelForm):
         if ttl is None and entry is not None and entry.expires_at is not None:
             # Writes take a TTL, not a time: keep the expiry by asking for what remains of it.
             ttl = None if data.get("clear_expiry") else self._remaining(entry, timezone.now())
-        data["ttl_seconds"] = self._rule("ttl", rules.clean_ttl, ttl)
+        data["ttl_seconds"] = self._rule("ttl", rules.clean_ttl_text, ttl)
         if key is not None and "loaded_version" in data:
             self._check_version(key, data["loaded_version"], adding=entry is None)
         return data

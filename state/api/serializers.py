@@ -1,9 +1,10 @@
 """Shapes of the API's requests and responses. Rules live in `state.services`, not here."""
 
-from drf_spectacular.utils import inline_serializer
+from drf_spectacular.utils import extend_schema_serializer, inline_serializer
 from rest_framework import serializers
 
 from state.models import Snapshot, StateEvent
+from state.rules import INT64_MAX
 
 
 class _StrictText(serializers.CharField):
@@ -19,7 +20,23 @@ def _text(**kwargs) -> serializers.CharField:
     return _StrictText(allow_blank=True, trim_whitespace=False, **kwargs)
 
 
-class _Value(serializers.JSONField):
+class KeyText(_StrictText):
+    """A key in a request body (its syntax is checked by the service; the schema states it)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(allow_blank=True, trim_whitespace=False, **kwargs)
+
+
+class SourceText(_StrictText):
+    def __init__(self, **kwargs):
+        super().__init__(allow_blank=True, trim_whitespace=False, **kwargs)
+
+
+class LabelText(SourceText):
+    pass
+
+
+class Value(serializers.JSONField):
     """Any JSON value. Null passes here so that the service can say why it is refused."""
 
     def __init__(self, **kwargs):
@@ -27,72 +44,220 @@ class _Value(serializers.JSONField):
         super().__init__(**kwargs)
 
 
+class StoredValue(serializers.JSONField):
+    """A value to store: any JSON but null (delete the key instead)."""
+
+
+class Metadata(serializers.DictField):
+    def __init__(self, **kwargs):
+        super().__init__(child=_text(), **kwargs)
+
+
+class StrictBoolean(serializers.BooleanField):
+    """A JSON boolean: "no", "false", 0 and 1 are refused, not guessed at."""
+
+    def to_internal_value(self, data):
+        if data is True or data is False:
+            return data
+        self.fail("invalid", input=data)
+
+
+class StrictInteger(serializers.IntegerField):
+    """A JSON integer: "1", 1.0 and true are refused."""
+
+    default_error_messages = {"invalid": "A JSON integer is required."}
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        self.run_validators(data)
+        return data
+
+
+class Ttl(StrictInteger):
+    """Seconds to live (the bounds are the service's rule; the schema states them)."""
+
+
+class Version(StrictInteger):
+    """An expected version: 0 means "must not exist"."""
+
+
+class Int64(StrictInteger):
+    pass
+
+
+class _QueryField:
+    """A query-string parameter: present means its text is checked, even when empty."""
+
+    def get_value(self, dictionary):
+        # DRF treats an empty form value of an optional field as absent (`?limit=` passed).
+        return dictionary.get(self.field_name, serializers.empty)
+
+
+class QueryBoolean(_QueryField, serializers.BooleanField):
+    """A boolean in a query string: exactly `true` or `false`."""
+
+    default_error_messages = {"invalid": 'Must be "true" or "false".'}
+
+    def to_internal_value(self, data):
+        if data == "true":
+            return True
+        if data == "false":
+            return False
+        self.fail("invalid")
+
+
+class QueryInteger(_QueryField, serializers.IntegerField):
+    """A whole number in a query string: plain ASCII decimal digits, nothing else."""
+
+    default_error_messages = {"invalid": "Must be plain decimal digits."}
+
+    def to_internal_value(self, data):
+        # isascii too: str.isdecimal() is true for other scripts' digits ("٣").
+        if not isinstance(data, str) or not (data.isascii() and data.isdecimal()):
+            self.fail("invalid")
+        if len(data) > 19:
+            self.fail("max_value", max_value=INT64_MAX)
+        number = int(data)
+        if number > INT64_MAX:
+            self.fail("max_value", max_value=INT64_MAX)
+        return number
+
+
+class QueryLimit(QueryInteger):
+    """A page size (bounds are the selector's rule; the schema states them)."""
+
+
+class QueryVersion(QueryInteger):
+    pass
+
+
+class KeyCursor(_QueryField, _StrictText):
+    """A listing's cursor: the last key of the previous page (checked by the selector)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(allow_blank=True, trim_whitespace=False, **kwargs)
+
+
+class RevisionCursor(KeyCursor):
+    """A history's cursor: the revision of the last event of the previous page."""
+
+
+class Prefix(_QueryField, _StrictText):
+    def __init__(self, **kwargs):
+        super().__init__(allow_blank=True, trim_whitespace=False, **kwargs)
+
+
 # --- requests -----------------------------------------------------------------------------
 
 
 class ReadQuery(serializers.Serializer):
-    include_metadata = serializers.BooleanField(required=False, default=False)
+    include_metadata = QueryBoolean(required=False, default=False)
 
 
 class SetInput(serializers.Serializer):
-    value = _Value()
-    metadata = serializers.DictField(child=_text(), required=False)
-    ttl = serializers.IntegerField(required=False, allow_null=True)
-    expected_version = serializers.IntegerField(required=False, allow_null=True)
-    source = _text(required=False)
+    value = StoredValue()
+    metadata = Metadata(required=False)
+    ttl = Ttl(required=False, allow_null=True)
+    expected_version = Version(required=False, allow_null=True)
+    source = SourceText(required=False)
+    # The seed's body `key` must equal the path's; a schema cannot say so, so it is not in it.
     key = _text(required=False)
 
 
 class DeleteQuery(serializers.Serializer):
-    expected_version = serializers.IntegerField(required=False)
+    expected_version = QueryVersion(required=False)
 
 
 class MetadataInput(serializers.Serializer):
-    metadata = serializers.DictField(child=_text())
-    source = _text(required=False)
+    metadata = Metadata()
+    source = SourceText(required=False)
 
 
 class PageQuery(serializers.Serializer):
-    prefix = _text(required=False, default="")
-    limit = serializers.IntegerField(required=False)
-    cursor = _text(required=False)
+    prefix = Prefix(required=False, default="")
+    limit = QueryLimit(required=False)
+    cursor = KeyCursor(required=False)
+
+
+class HistoryQuery(serializers.Serializer):
+    limit = QueryLimit(required=False)
+    cursor = RevisionCursor(required=False)
+
+
+class KeyList(serializers.ListField):
+    def __init__(self, **kwargs):
+        super().__init__(child=KeyText(), allow_empty=False, **kwargs)
 
 
 class MgetInput(serializers.Serializer):
-    keys = serializers.ListField(child=_text(), allow_empty=False)
+    keys = KeyList()
 
 
 class CasInput(serializers.Serializer):
-    key = _text()
-    expected = _Value(required=False)
-    expected_version = serializers.IntegerField(required=False, allow_null=True)
-    new_value = _Value()
-    ttl = serializers.IntegerField(required=False, allow_null=True)
-    source = _text(required=False)
+    key = KeyText()
+    expected = Value(required=False)
+    expected_version = Version(required=False)
+    new_value = Value()
+    ttl = Ttl(required=False, allow_null=True)
+    source = SourceText(required=False)
 
 
 class IncrInput(serializers.Serializer):
-    key = _text()
-    by = serializers.IntegerField(required=False, default=1)
-    ttl = serializers.IntegerField(required=False, allow_null=True)
-    source = _text(required=False)
+    key = KeyText()
+    by = Int64(required=False, default=1)
+    ttl = Ttl(required=False, allow_null=True)
+    source = SourceText(required=False)
+
+
+class BulkSetInput(serializers.Serializer):
+    op = serializers.ChoiceField(choices=["set"])
+    key = KeyText()
+    value = StoredValue()
+    metadata = Metadata(required=False)
+    ttl = Ttl(required=False, allow_null=True)
+    expected_version = Version(required=False, allow_null=True)
+    source = SourceText(required=False)
+
+
+class BulkDeleteInput(serializers.Serializer):
+    op = serializers.ChoiceField(choices=["delete"])
+    key = KeyText()
+    expected_version = Version(required=False, allow_null=True)
+    source = SourceText(required=False)
+
+
+class BulkCasInput(serializers.Serializer):
+    op = serializers.ChoiceField(choices=["cas"])
+    key = KeyText()
+    expected = Value(required=False)
+    expected_version = Version(required=False)
+    new_value = Value()
+    ttl = Ttl(required=False, allow_null=True)
+    source = SourceText(required=False)
+
+
+# The operation shapes, for the schema only: the service checks every operation (see BulkParse).
+BULK_OPERATIONS: dict[str, type[serializers.Serializer]] = {
+    "set": BulkSetInput,
+    "delete": BulkDeleteInput,
+    "cas": BulkCasInput,
+}
 
 
 class BulkOperationInput(serializers.Serializer):
-    op = serializers.ChoiceField(choices=["set", "delete", "cas"])
-    key = _text()
-    value = _Value(required=False)
-    metadata = serializers.DictField(child=_text(), required=False)
-    ttl = serializers.IntegerField(required=False, allow_null=True)
-    expected_version = serializers.IntegerField(required=False, allow_null=True)
-    expected = _Value(required=False)
-    new_value = _Value(required=False)
+    """One operation of a bulk: the shape its `op` names (schema.OperationListSchema)."""
+
+
+class OperationList(serializers.ListField):
+    def __init__(self, **kwargs):
+        super().__init__(child=BulkOperationInput(), allow_empty=False, **kwargs)
 
 
 class BulkInput(serializers.Serializer):
-    operations = BulkOperationInput(many=True, allow_empty=False)
-    atomic = serializers.BooleanField(required=False, default=True)
-    source = _text(required=False)
+    operations = OperationList()
+    atomic = StrictBoolean(required=False, default=True)
+    source = SourceText(required=False)
 
 
 class BulkParse(BulkInput):
@@ -188,11 +353,11 @@ ERROR_ENVELOPE = inline_serializer(
 
 
 class SnapshotInput(serializers.Serializer):
-    label = _text(required=False, default="")
+    label = LabelText(required=False, default="")
 
 
 class RestoreInput(serializers.Serializer):
-    dry_run = serializers.BooleanField(required=False, default=False)
+    dry_run = StrictBoolean(required=False, default=False)
 
 
 class SnapshotSerializer(serializers.ModelSerializer):
@@ -203,6 +368,17 @@ class SnapshotSerializer(serializers.ModelSerializer):
             "compressed_size", "checksum", "format_version",
         ]  # fmt: skip
         read_only_fields = fields
+
+
+class SnapshotListSerializer(serializers.Serializer):
+    snapshots = SnapshotSerializer(many=True)
+
+
+# A `list` action, which spectacular would describe as a bare array; it is an envelope.
+@extend_schema_serializer(many=False, component_name="Snapshots")
+class SnapshotsEnvelope(serializers.Serializer):
+    success = serializers.BooleanField(default=True)
+    data = SnapshotListSerializer()
 
 
 class RestoreResultSerializer(serializers.Serializer):

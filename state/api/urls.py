@@ -19,3 +19,17 @@ urlpatterns = [
     *snapshot_router.urls,
     *router.urls,
 ]
+
+
+def route_words() -> set[str]:
+    """Return the literal first path segments under /api/v1/state/ (HTTP and WebSocket)."""
+    from state.routing import websocket_urlpatterns
+
+    words = set()
+    for pattern in urlpatterns:
+        first = str(pattern.pattern).removeprefix("^").removesuffix("$").split("/")[0]
+        if first and "(" not in first:
+            words.add(first)
+    for pattern in websocket_urlpatterns:
+        words.add(str(pattern.pattern).removeprefix("api/v1/state/").split("/")[0])
+    return words

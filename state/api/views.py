@@ -13,9 +13,10 @@ from rest_framework.response import Response
 
 from state import access, hotkeys, selectors, services, snapshots
 from state.exceptions import NotFound, PermissionDenied, StateError, ValidationFailed
+from state.rules import INT64_MAX
 
 from . import serializers as s
-from .errors import error_body
+from .errors import error_body, state_error_details
 from .operations import InstrumentedViewSet
 
 ERRORS = {code: s.ERROR_ENVELOPE for code in (400, 401, 403, 404, 409, 413)}
@@ -73,7 +74,7 @@ def if_match_version(request: Request) -> int | None:
     if header is None:
         return None
     text = header.strip().removeprefix("W/").strip('"')
-    if not (text.isascii() and text.isdigit()):
+    if not (text.isascii() and text.isdecimal() and len(text) <= 18):
         raise ValidationFailed('If-Match must be a version ETag such as "3".', field="If-Match")
     return int(text)
 
@@ -81,6 +82,10 @@ def if_match_version(request: Request) -> int | None:
 def entry_data(entry, *, include_metadata: bool = False) -> dict[str, Any]:
     return s.EntrySerializer(entry, include_metadata=include_metadata).data
 
+
+# Fields of bulk operations that may be absent but not null (as in PUT and POST /cas); the
+# service would read a null as absent.
+BULK_NOT_NULL = {"set": ("metadata",), "cas": ("expected_version",)}
 
 KEY_PARAM = OpenApiParameter("key", str, OpenApiParameter.PATH, description="The state key.")
 
@@ -185,7 +190,7 @@ class StateViewSet(InstrumentedViewSet):
         return ok(entry.metadata)
 
     @extend_schema(
-        parameters=[KEY_PARAM, s.PageQuery],
+        parameters=[KEY_PARAM, s.HistoryQuery],
         responses={
             200: s.enveloped("History", inline_serializer("HistoryPage", {
                 "events": s.EventSerializer(many=True), "total": serializers.IntegerField(),
@@ -197,7 +202,7 @@ class StateViewSet(InstrumentedViewSet):
     def history(self, request: Request, key: str) -> Response:
         require_staff(request)
         services.validate_key(key)
-        query = parse(s.PageQuery, request.query_params)
+        query = parse(s.HistoryQuery, request.query_params)
         page = selectors.key_history(key=key, limit=query.get("limit"), cursor=query.get("cursor"))
         return ok(
             {
@@ -344,6 +349,10 @@ class StateViewSet(InstrumentedViewSet):
                     raise ValidationFailed(
                         "Each operation is an object with a string 'key'.", field="operations"
                     )
+                kind = operation.get("op")
+                for name in BULK_NOT_NULL.get(kind, ()) if isinstance(kind, str) else ():
+                    if name in operation and operation[name] is None:
+                        raise ValidationFailed(f"{name} cannot be null.", field=name)
                 require_write(request, operation["key"])
             except StateError as exc:
                 exc.details["index"] = index
@@ -375,7 +384,7 @@ def _bulk_result(result: services.BulkResult) -> dict[str, Any]:
         data.update(ok=True, version=result.version)
     else:
         error = result.error
-        data.update(ok=False, **error_body(error.code, error.message, error.details))
+        data.update(ok=False, **error_body(error.code, error.message, state_error_details(error)))
         data.pop("success")
     return data
 
@@ -383,6 +392,15 @@ def _bulk_result(result: services.BulkResult) -> dict[str, Any]:
 # --- snapshots (issue 4) ------------------------------------------------------------------
 
 SNAPSHOT = s.enveloped("SnapshotResponse", s.SnapshotSerializer())
+
+
+def snapshot_id(pk: str) -> int:
+    """The snapshot id in a path (the route allows only digits); beyond any id is not found."""
+    if len(pk) > 19 or int(pk) > INT64_MAX:
+        raise NotFound(f"Snapshot {pk} does not exist.")
+    return int(pk)
+
+
 SNAPSHOT_ID = OpenApiParameter("id", int, OpenApiParameter.PATH, description="The snapshot id.")
 
 
@@ -399,8 +417,7 @@ class SnapshotViewSet(InstrumentedViewSet):
         return ok(s.SnapshotSerializer(snapshot).data, status_code=status.HTTP_201_CREATED)
 
     @extend_schema(
-        responses={200: s.enveloped("Snapshots", inline_serializer("SnapshotList", {
-            "snapshots": s.SnapshotSerializer(many=True)})), **ERRORS},
+        responses={200: s.SnapshotsEnvelope, **ERRORS},
     )  # fmt: skip
     def list(self, request: Request) -> Response:
         snapshots = s.SnapshotSerializer(selectors.snapshots_list(), many=True).data
@@ -408,7 +425,7 @@ class SnapshotViewSet(InstrumentedViewSet):
 
     @extend_schema(parameters=[SNAPSHOT_ID], responses={200: SNAPSHOT, **ERRORS})
     def retrieve(self, request: Request, pk: str) -> Response:
-        return ok(s.SnapshotSerializer(selectors.snapshot_get(snapshot_id=int(pk))).data)
+        return ok(s.SnapshotSerializer(selectors.snapshot_get(snapshot_id=snapshot_id(pk))).data)
 
     @extend_schema(
         parameters=[SNAPSHOT_ID],
@@ -416,8 +433,8 @@ class SnapshotViewSet(InstrumentedViewSet):
             "id": serializers.IntegerField(), "deleted": serializers.BooleanField()})), **ERRORS},
     )  # fmt: skip
     def destroy(self, request: Request, pk: str) -> Response:
-        services.snapshot_delete(snapshot_id=int(pk), actor=actor(request))
-        return ok({"id": int(pk), "deleted": True})
+        services.snapshot_delete(snapshot_id=snapshot_id(pk), actor=actor(request))
+        return ok({"id": snapshot_id(pk), "deleted": True})
 
     @extend_schema(
         parameters=[SNAPSHOT_ID],
@@ -425,7 +442,7 @@ class SnapshotViewSet(InstrumentedViewSet):
     )
     @action(detail=True, methods=["get"])
     def download(self, request: Request, pk: str) -> FileResponse:
-        snapshot = selectors.snapshot_get(snapshot_id=int(pk))
+        snapshot = selectors.snapshot_get(snapshot_id=snapshot_id(pk))
         response = FileResponse(
             selectors.snapshot_open_verified(snapshot=snapshot),
             as_attachment=True,
@@ -444,6 +461,6 @@ class SnapshotViewSet(InstrumentedViewSet):
     def restore(self, request: Request, pk: str) -> Response:
         body = parse(s.RestoreInput, request.data)
         result = services.state_restore(
-            snapshot_id=int(pk), dry_run=body["dry_run"], source="api", actor=actor(request)
+            snapshot_id=snapshot_id(pk), dry_run=body["dry_run"], source="api", actor=actor(request)
         )
         return ok(s.RestoreResultSerializer(result).data)

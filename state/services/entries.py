@@ -71,8 +71,10 @@ class SetOp:
     ) -> "SetOp":
         clean_metadata = rules.clean_metadata(metadata) if metadata is not None else None
         clean_ttl = rules.clean_ttl(ttl)
-        if clean_ttl is None and clean_metadata and "ttl" in clean_metadata:
-            clean_ttl = rules.clean_ttl(clean_metadata["ttl"], field="metadata.ttl")
+        if clean_metadata and "ttl" in clean_metadata:
+            # Checked even when `ttl` is given (and wins): a bad item is never stored.
+            metadata_ttl = rules.clean_metadata_ttl(clean_metadata["ttl"])
+            clean_ttl = metadata_ttl if clean_ttl is None else clean_ttl
         key = rules.validate_key(key)
         text, size = rules.encode_storable(value)
         text = crypto.seal_text(key, text)  # crypto: stored sealed (size stays the plain size)
@@ -255,7 +257,7 @@ class MetadataOp:
     def clean(cls, *, key: Any, metadata: Any, source: Any = "") -> "MetadataOp":
         key = rules.validate_key(key)
         metadata = rules.clean_metadata(metadata)
-        ttl = rules.clean_ttl(metadata["ttl"], field="metadata.ttl") if "ttl" in metadata else None
+        ttl = rules.clean_metadata_ttl(metadata["ttl"]) if "ttl" in metadata else None
         return cls(key=key, metadata=metadata, ttl=ttl, source=rules.clean_source(source))
 
     def apply(self, batch: Batch) -> Row:

@@ -84,12 +84,18 @@ def worker_jobs_register(*, names: list[str]) -> None:
 def worker_job_claim(*, name: str, owner: str, interval_secs: float, lease_secs: float) -> bool:
     """Claim the job's due occurrence for `owner`; False if not due or another worker has it.
 
+    Due means `interval_secs` (this worker's, so a changed interval counts from the last
+    run as soon as a worker restarts with it) since the last run started, or never run.
     One conditional UPDATE decides, so of any number of workers exactly one wins.
     """
     now = timezone.now()
     with _record_write():
         claimed = (
-            WorkerJob.objects.filter(name=name, next_run_at__lte=now)
+            WorkerJob.objects.filter(name=name)
+            .filter(
+                Q(last_started_at__isnull=True)
+                | Q(last_started_at__lte=now - timedelta(seconds=interval_secs))
+            )
             .filter(Q(lease_until__isnull=True) | Q(lease_until__lte=now))
             .update(
                 next_run_at=now + timedelta(seconds=interval_secs),

@@ -25,6 +25,7 @@ def deep(depth: int, leaf: str = "1") -> str:
 
 
 def cursor_of(text: str) -> str:
+    """A cursor of the former base64 encoding: now refused (cursors are plain keys/revisions)."""
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
@@ -276,9 +277,11 @@ CASES = [
             ("limit-huge", "limit=10001"),
             ("limit-bigint", "limit=" + "9" * 40),
             ("cursor-garbage", "cursor=!!!"),
-            ("cursor-nul", "cursor=AA"),
+            ("cursor-nul", "cursor=a%00"),
             ("cursor-not-utf8", "cursor=__8"),
-            ("cursor-not-a-key", f"cursor={cursor_of('bad key')}"),
+            ("cursor-not-a-key", "cursor=bad%20key"),
+            ("cursor-reserved-start", "cursor=_a"),
+            ("cursor-too-long", "cursor=" + "a" * 257),
             ("cursor-percent", "cursor=%25%25"),
             ("prefix-nul", "prefix=%00"),
             ("prefix-space", "prefix=a%20b"),
@@ -291,7 +294,7 @@ CASES = [
     case("get", "/a?include_metadata=perhaps", None, *V400, id="get-bad-include-metadata"),
     case("get", "/a/history?limit=0", None, *V400, id="history-limit-0"),
     case("get", "/a/history?cursor=!!!", None, *V400, id="history-cursor-garbage"),
-    case("get", f"/a/history?cursor={cursor_of('x')}", None, *V400, id="history-cursor-not-number"),
+    case("get", "/a/history?cursor=x", None, *V400, id="history-cursor-not-number"),
     # --- incr and cas shapes
     case("post", "/incr", j({}), *V400, id="incr-missing-key"),
     case("post", "/incr", j({"key": "n", "by": "x"}), *V400, id="incr-by-word"),
@@ -447,6 +450,71 @@ CASES = [
 ]
 
 
+# --- strict input (issue 7): one meaning for every request ---------------------------------
+DEL_A = {"op": "delete", "key": "a"}
+SET_C = {"op": "set", "key": "c", "value": 1}
+STRICT = [
+    ("bulk-atomic-no", "post", "/bulk", j({"operations": [DEL_A], "atomic": "no"})),
+    ("bulk-atomic-false-text", "post", "/bulk", j({"operations": [DEL_A], "atomic": "false"})),
+    ("bulk-atomic-zero", "post", "/bulk", j({"operations": [DEL_A], "atomic": 0})),
+    ("restore-dry-run-zero", "post", "/snapshots/1/restore", j({"dry_run": 0})),
+    ("restore-dry-run-text", "post", "/snapshots/1/restore", j({"dry_run": "false"})),
+    ("put-expected-version-text", "put", "/a", j({"value": 2, "expected_version": "1"})),
+    ("put-expected-version-float", "put", "/a", j({"value": 2, "expected_version": 1.0})),
+    ("put-ttl-text", "put", "/a", j({"value": 2, "ttl": "60"})),
+    ("put-ttl-float", "put", "/a", j({"value": 2, "ttl": 60.0})),
+    ("put-ttl-bool", "put", "/a", j({"value": 2, "ttl": True})),
+    ("cas-ttl-text", "post", "/cas", j({"key": "a", "expected": 1, "new_value": 2, "ttl": "60"})),
+    ("cas-version-text", "post", "/cas", j({"key": "a", "expected_version": "1", "new_value": 2})),
+    ("incr-by-text", "post", "/incr", j({"key": "n", "by": "1"})),
+    ("incr-by-integral-float", "post", "/incr", j({"key": "n", "by": 1.0})),
+    ("incr-ttl-float", "post", "/incr", j({"key": "new", "ttl": 60.0})),
+    ("bulk-ttl-text", "post", "/bulk", j({"operations": [{**SET_C, "ttl": "60"}]})),
+    ("bulk-version-text", "post", "/bulk", j({"operations": [{**DEL_A, "expected_version": "1"}]})),
+    ("bulk-unknown-field", "post", "/bulk", j({"operations": [{**SET_C, "new_value": 2}]})),
+    ("bulk-cas-null-version", "post", "/bulk", j({"operations": [{"op": "cas", "key": "a",
+     "expected": 1, "expected_version": None, "new_value": 2}]})),
+    ("bulk-set-null-metadata", "post", "/bulk", j({"operations": [{**SET_C, "metadata": None}]})),
+    ("cas-null-version", "post", "/cas", j({"key": "a", "expected": 1, "expected_version": None,
+     "new_value": 2})),
+    ("bulk-op-list", "post", "/bulk", j({"operations": [{"op": ["set"], "key": "c", "value": 1}]})),
+    ("duplicate-name-version", "put", "/a", '{"value": 2, "expected_version": 99, "expected_version": 1}'),  # noqa: E501
+    ("duplicate-name-nested", "put", "/a", '{"value": {"x": 1, "x": 2}}'),
+    ("duplicate-name-bulk", "post", "/bulk",
+     '{"operations": [{"op": "delete", "key": "a"}], "atomic": true, "atomic": false}'),
+    ("empty-limit", "get", "/keys?limit=", None),
+    ("entries-empty-limit", "get", "/entries?limit=", None),
+    ("limit-plus", "get", "/keys?limit=%2B5", None),
+    ("limit-space", "get", "/keys?limit=%205", None),
+    ("limit-arabic-digit", "get", "/keys?limit=%D9%A3", None),
+    ("limit-superscript", "get", "/keys?limit=%C2%B2", None),
+    ("empty-cursor", "get", "/keys?cursor=", None),
+    ("include-metadata-1", "get", "/a?include_metadata=1", None),
+    ("include-metadata-yes", "get", "/a?include_metadata=yes", None),
+    ("include-metadata-empty", "get", "/a?include_metadata=", None),
+    ("delete-version-empty", "delete", "/a?expected_version=", None),
+    ("delete-version-float", "delete", "/a?expected_version=1.0", None),
+    ("delete-version-superscript", "delete", "/a?expected_version=%C2%B2", None),
+    ("history-cursor-superscript", "get", "/a/history?cursor=%C2%B2", None),
+    ("history-cursor-wrI", "get", "/a/history?cursor=wrI", None),  # base64 of "²": a 500 once
+    ("history-cursor-old-base64", "get", f"/a/history?cursor={cursor_of('5')}", None),
+    ("history-cursor-zero", "get", "/a/history?cursor=0", None),
+    ("history-cursor-negative", "get", "/a/history?cursor=-5", None),
+    ("history-cursor-huge", "get", "/a/history?cursor=" + "9" * 30, None),
+    ("history-cursor-long", "get", "/a/history?cursor=" + "9" * 5000, None),
+    ("history-cursor-empty", "get", "/a/history?cursor=", None),
+    ("metadata-ttl-fullwidth", "put", "/a/metadata", j({"metadata": {"ttl": "\uff16\uff10"}})),
+    ("metadata-ttl-arabic", "put", "/a", j({"value": 1, "metadata": {"ttl": "\u0663"}})),
+    ("metadata-ttl-bad-by-ttl", "put", "/a", j({"value": 1, "ttl": 5, "metadata": {"ttl": ""}})),
+]  # fmt: skip
+CASES += [case(method, path, body, *V400, id=name) for name, method, path, body in STRICT]
+CASES += [
+    case("put", "/a", j({"value": 2}), *V400, id="if-match-5000-digits",
+         headers={"If-Match": '"' + "9" * 5000 + '"'}),
+    case("delete", "/a", None, *V400, id="if-match-superscript", headers={"If-Match": '"²"'}),
+]  # fmt: skip
+
+
 def store_snapshot() -> tuple:
     """Everything a bad request must not change: every entry, the event log, the revision."""
     entries = [
@@ -487,6 +555,12 @@ def test_bad_request_is_refused_in_envelope_and_changes_nothing(
     assert isinstance(payload["error"]["details"], dict)
     if index is not None:
         assert payload["error"]["details"]["index"] == index
+    if code == "validation_error":
+        fields = payload["error"]["details"]["fields"]
+        assert fields and all(
+            isinstance(name, str) and messages and all(isinstance(m, str) for m in messages)
+            for name, messages in fields.items()
+        ), payload
     assert store_snapshot() == seeded
 
 

@@ -142,8 +142,10 @@ class Model:
     # Each operation mutates the model or raises Refused; callers roll back on Refused.
 
     def set(self, key, value, *, ttl=None, metadata=None, expected_version=None) -> int:
-        if ttl is None and metadata and "ttl" in metadata:
-            ttl = self.metadata_ttl(metadata)
+        if metadata and "ttl" in metadata:
+            # A metadata ttl is checked even when `ttl` is given (which then wins).
+            metadata_ttl = self.metadata_ttl(metadata)
+            ttl = metadata_ttl if ttl is None else ttl
         entry = self.touch(key)
         current = entry.version if entry else 0
         if expected_version is not None and expected_version != current:

@@ -198,12 +198,13 @@ class AsyncMirror(_State):
         async for _ in self.follow():
             pass
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop following; never waits more than `timeout` for the task to wind down."""
         if self._task is not None:
             self._task.cancel()
             try:
-                await self._task
-            except asyncio.CancelledError:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            except (asyncio.CancelledError, TimeoutError):
                 pass
 
     async def wait_for(self, revision: int, timeout: float = 10.0) -> bool:

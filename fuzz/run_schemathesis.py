@@ -137,6 +137,7 @@ def main() -> int:
         STATE_TRACK_REQUESTS="false",  # request records would change the store on every call
         LOG_LEVEL="ERROR",
         DEBUG="false",
+        SECRET_KEY=secrets.token_urlsafe(50),  # the server refuses the embedded default key
         ALLOWED_HOSTS="127.0.0.1,localhost",
         PYTHONUNBUFFERED="1",
         PYTHONPATH=str(ROOT),

@@ -143,7 +143,6 @@ def main() -> int:
         PYTHONPATH=str(ROOT),
         DJANGO_SETTINGS_MODULE="config.settings",
     )
-    env.setdefault("SECRET_KEY", secrets.token_urlsafe(50))  # DEBUG=false refuses the default
     manage(env, "migrate", "--noinput")
     tokens = json.loads(manage(env, "shell", "-c", SEED_USERS).strip().splitlines()[-1])
     port = free_port()

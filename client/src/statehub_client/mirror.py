@@ -10,6 +10,7 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import aclosing
 from typing import Any
 
 from .errors import ResyncRequired
@@ -195,8 +196,11 @@ class AsyncMirror(_State):
         return self
 
     async def _run(self) -> None:
-        async for _ in self.follow():
-            pass
+        # aclosing: a cancelled `async for` leaves its generator suspended for the event loop
+        # to finalize at shutdown, when the WebSocket it would close can no longer answer.
+        async with aclosing(self.follow()) as changes:
+            async for _ in changes:
+                pass
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Stop following; never waits more than `timeout` for the task to wind down."""

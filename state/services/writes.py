@@ -21,7 +21,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -106,12 +106,7 @@ def _write(*, actor: str) -> Iterator[_Transaction]:
 @contextmanager
 def _record_write() -> Iterator[None]:
     """A transaction that writes records but no store change (so takes no revision)."""
-    queue = (
-        _SQLITE_WRITE_LOCK
-        if connection.vendor == "sqlite" and not connection.in_atomic_block
-        else nullcontext()
-    )
-    with queue, transaction.atomic():
+    with _store_lock(), transaction.atomic():
         yield
 
 

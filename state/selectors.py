@@ -67,17 +67,21 @@ def read_datetime(value) -> datetime | None:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
 
 
+def keys_condition(keys: list[str]) -> tuple[str, list]:
+    """A raw `WHERE` condition on "key" for `keys`, and its parameters (an array on PostgreSQL)."""
+    if len(keys) == 1:
+        return '"key" = %s', keys
+    if connection.vendor == "postgresql":
+        return '"key" = ANY(%s)', [keys]
+    return f'"key" IN ({", ".join(["%s"] * len(keys))})', keys
+
+
 def entry_rows(*, keys: list[str]) -> list[tuple]:
     """Return the stored rows of `keys` (any order), columns as ENTRY_COLUMNS, JSON as text."""
     postgres = connection.vendor == "postgresql"
     cast = "::text" if postgres else ""
     columns = ", ".join(f'"{c}"{cast}' if c in _TEXT_COLUMNS else f'"{c}"' for c in ENTRY_COLUMNS)
-    if len(keys) == 1:
-        where, params = '"key" = %s', keys
-    elif postgres:
-        where, params = '"key" = ANY(%s)', [keys]
-    else:
-        where, params = f'"key" IN ({", ".join(["%s"] * len(keys))})', keys
+    where, params = keys_condition(keys)
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT {columns} FROM {StateEntry._meta.db_table} WHERE {where}", params)
         return cursor.fetchall()

@@ -339,13 +339,6 @@ def _postgres() -> bool:
     return connection.vendor == "postgresql"
 
 
-def _keys_match(keys: list[str]) -> tuple[str, list]:
-    """A `WHERE` condition on "key" for `keys`, and its parameters (one array on PostgreSQL)."""
-    if _postgres():
-        return '"key" = ANY(%s)', [keys]
-    return f'"key" IN ({", ".join(["%s"] * len(keys))})', keys
-
-
 def _select_rows(keys: list[str]) -> list[Row]:
     read = selectors.read_datetime
     return [
@@ -367,7 +360,7 @@ def _chunks(items: list, size: int = _ROWS_PER_STATEMENT) -> Iterator[list]:
 def _delete_rows(keys: list[str]) -> None:
     with connection.cursor() as cursor:
         for chunk in _chunks(keys):
-            where, params = _keys_match(chunk)
+            where, params = selectors.keys_condition(chunk)
             cursor.execute(f"DELETE FROM {_ENTRIES} WHERE {where}", params)
 
 

@@ -12,7 +12,6 @@ import itertools
 import json
 import os
 import pwd
-import random
 import shutil
 import signal
 import socket
@@ -27,9 +26,9 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
+from tests.e2e.conftest import _free_port
+
 ROOT = Path(__file__).resolve().parents[2]
-# Drawn at random, as in tests/e2e/conftest.py, so side-by-side runs rarely collide.
-PORTS = range(40000, 50000)
 
 SEED = """
 import json
@@ -50,18 +49,9 @@ def _postgres_run_only() -> None:
 
 
 def free_port() -> int:
-    for port in random.sample(PORTS, 200):
-        if port in _used_ports:
-            continue
-        with socket.socket() as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _used_ports.add(port)
-        return port
-    raise RuntimeError(f"No free port found in {PORTS}.")
+    port = _free_port(_used_ports)
+    _used_ports.add(port)
+    return port
 
 
 _used_ports: set[int] = set()

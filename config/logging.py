@@ -6,6 +6,7 @@ alike, whoever logged them (Django, DRF, the servers' access logs, our code).
 """
 
 import logging
+import logging.config
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -129,3 +130,11 @@ class JsonFormatter(_JsonFormatter):
     def serialize_log_record(self, log_data: dict[str, Any]) -> str:
         # Extra fields that are objects become text only here: redact the line as well.
         return redact(super().serialize_log_record(log_data))
+
+
+def configure(config: dict) -> None:
+    """LOGGING_CONFIG: Django's dictConfig, plus warnings routed into logging (the py.warnings
+    logger), so they leave through the redacting handler, as JSON when the format is json, instead
+    of as bare lines on stderr."""
+    logging.config.dictConfig(config)
+    logging.captureWarnings(True)

@@ -346,6 +346,7 @@ CACHES = {
 STATE_LOG_FORMAT = env.str("STATE_LOG_FORMAT", default="text")
 if STATE_LOG_FORMAT not in ("text", "json"):
     raise ImproperlyConfigured(f"STATE_LOG_FORMAT must be text or json, not {STATE_LOG_FORMAT!r}.")
+LOGGING_CONFIG = "config.logging.configure"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -362,8 +363,11 @@ LOGGING = {
         }
     },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    # py.warnings: warnings, routed into logging by config.logging.configure (WhiteNoise warns
+    # when collectstatic has not run).
     "loggers": {
         name: {"handlers": ["console"], "propagate": False}
-        for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "daphne", "django.server")
-    },
+        for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "daphne", "django.server",
+                     "py.warnings")
+    },  # fmt: skip
 }

@@ -81,3 +81,23 @@ def test_hot_keys_merge_the_accesses_seen_by_every_process(pair, tokens, shared_
     else:
         assert hot(a) == [{"key": "hot:e2e:1", "accesses": 3}]
         assert hot(b) == [{"key": "hot:e2e:2", "accesses": 1}]
+
+
+def test_the_rate_limiter_reuses_its_redis_connections(pair, tokens, shared_redis):
+    # Django keeps a cache backend per request context under ASGI: counted through
+    # caches["default"], every request opened (and dropped) a Redis connection of its own.
+    if not shared_redis:
+        pytest.skip("The rate limits count in Redis on the PostgreSQL + Redis run only.")
+    import redis
+
+    from django.conf import settings
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    a, _ = pair
+    token = tokens["e2e-staff"]
+    a.request("GET", "/api/v1/state/limits:absent", token)  # the pools are made
+    before = client.info("stats")["total_connections_received"]
+    for _ in range(40):
+        assert a.request("GET", "/api/v1/state/limits:absent", token)[0] in (404, 429)
+    opened = client.info("stats")["total_connections_received"] - before
+    assert opened < 10, f"{opened} Redis connections opened for 40 requests"

@@ -367,7 +367,13 @@ LOGGING = {
     # when collectstatic has not run).
     "loggers": {
         name: {"handlers": ["console"], "propagate": False}
-        for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "daphne", "django.server",
-                     "py.warnings")
+        for name in (
+            "uvicorn",
+            "uvicorn.error",
+            "uvicorn.access",
+            "daphne",
+            "django.server",
+            "py.warnings",
+        )
     },  # fmt: skip
 }

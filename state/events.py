@@ -1,8 +1,9 @@
-"""Change events: what the write path publishes after commit.
+"""Change events: the doorbell the write path rings after commit, and the stream's messages.
 
 `publish()` only registers an on-commit callback; `broadcast()` is the only code that talks
-to the channel layer. The channel layer is a doorbell: the event log in the database is the
-truth, so a lost or late message is repaired by whoever reads the log.
+to the channel layer. The channel layer is a doorbell (a revision number): the event log in
+the database is the truth, and the stream builds its `StateChange`/`StateReset` messages from
+log rows, so a lost or late ring is repaired by whoever reads the log.
 """
 
 import asyncio
@@ -60,24 +61,27 @@ class StateReset:
 Event = StateChange | StateReset
 
 # The highest revision this thread published and has not rung the doorbell for yet. On-commit
-# callbacks run in the committing thread, so the first one of a transaction rings once for
-# all its events (a bulk of 1,000 operations or an expiry sweep is one doorbell, not 1,000).
+# callbacks run in the committing thread, so the first one of a commit rings once for all the
+# transactions it commits (a writer inside an outer transaction publishes at each write).
 _unrung = threading.local()
 
 
-def publish(published: Event | list[Event]) -> None:
-    """Broadcast an event (or a transaction's list of them) once the transaction commits."""
-    batch = published if isinstance(published, list) else [published]
-    if settings.STATE_BROADCAST_CHANGES and batch:
-        _unrung.revision = max(getattr(_unrung, "revision", 0), batch[-1].revision)
+def publish(revision: int) -> None:
+    """Ring the doorbell for `revision` (a transaction's last) once the transaction commits.
+
+    Only the number goes out: listeners read the changes themselves from the event log, so
+    the write path never builds or decodes a value for the broadcast.
+    """
+    if settings.STATE_BROADCAST_CHANGES:
+        _unrung.revision = max(getattr(_unrung, "revision", 0), revision)
         # robust: a broadcast failure is logged, never turned into a failed write. (Django
         # names the callback in that log line: a bare partial has no __qualname__, so the
         # logging itself raised and the failure escaped into the write after its commit.)
-        transaction.on_commit(update_wrapper(partial(broadcast, batch), broadcast), robust=True)
+        transaction.on_commit(update_wrapper(partial(broadcast, revision), broadcast), robust=True)
 
 
-def broadcast(batch: list[Event]) -> None:
-    """Ring the doorbell: tell every server process that the store moved on.
+def broadcast(revision: int) -> None:
+    """Ring the doorbell: tell every server process that the store moved on to `revision`.
 
     The message is tiny on purpose: listeners read the change itself from the event log, so
     the channel layer never carries values and a lost or reordered message costs nothing.
@@ -85,15 +89,15 @@ def broadcast(batch: list[Event]) -> None:
     (A revision left over from a rolled-back transaction is rung with the next commit: the
     number is only a hint, listeners always read the log from where they are.)
     """
-    revision = getattr(_unrung, "revision", 0)
-    if revision < batch[-1].revision:
+    unrung = getattr(_unrung, "revision", 0)
+    if unrung < revision:
         return
     _unrung.revision = 0
     from channels.layers import get_channel_layer
 
     layer = get_channel_layer()
     if layer is not None:
-        _ring(layer, {"type": DOORBELL_TYPE, "revision": revision})
+        _ring(layer, {"type": DOORBELL_TYPE, "revision": unrung})
 
 
 def _ring(layer, message: dict[str, Any]) -> None:

@@ -95,32 +95,30 @@ def anon_client(db) -> APIClient:
     return _client(None)
 
 
-class PublishedEvents:
-    """The events that commit would broadcast, read live from the test transaction's queue."""
+class Doorbells:
+    """The revisions commit would ring the doorbell for, read live from the test transaction's
+    on-commit queue: one per committed transaction, its last revision."""
 
     def __init__(self) -> None:
         self._start = len(connection.run_on_commit)
 
-    @property
-    def events(self) -> list[state_events.Event]:
-        return [
-            event
-            for _, callback, _ in connection.run_on_commit[self._start :]
-            if getattr(callback, "func", None) is state_events.broadcast
-            for event in callback.args[0]
-        ]
+    def __eq__(self, other: object) -> bool:
+        return list(self) == other
 
-    def __len__(self) -> int:
-        return len(self.events)
+    def __iter__(self) -> Iterator[int]:
+        return iter(
+            [
+                callback.args[0]
+                for _, callback, _ in connection.run_on_commit[self._start :]
+                if getattr(callback, "func", None) is state_events.broadcast
+            ]
+        )
 
-    def __getitem__(self, index: int) -> state_events.Event:
-        return self.events[index]
-
-    def __iter__(self) -> Iterator[state_events.Event]:
-        return iter(self.events)
+    def __repr__(self) -> str:
+        return repr(list(self))
 
 
 @pytest.fixture
-def published_events(db) -> PublishedEvents:
-    """Capture what the test's (never committed) transaction would broadcast on commit."""
-    return PublishedEvents()
+def doorbells(db) -> Doorbells:
+    """Capture the doorbells the test's (never committed) transaction would ring on commit."""
+    return Doorbells()

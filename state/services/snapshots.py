@@ -261,7 +261,7 @@ def state_restore(
             actor=actor,
             timestamp=tx.now,
         )
-        events.publish(events.StateReset(snapshot_id=snapshot_id, revision=revision))
+        events.publish(revision)
     origin = f"snapshot {snapshot_id}" if snapshot_id is not None else path
     logger.info("store restored from %s at revision %s by %s", origin, revision, actor or "-")
     return result(reader, revision=revision)

@@ -146,15 +146,13 @@ class Row:
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """One change to record: an event-log row (its values as JSON text) and its broadcast."""
+    """One change to record: an event-log row, its values as JSON text (never decoded here)."""
 
     revision: int
     op: str
     key: str
     old_text: str | None
     new_text: str | None
-    old_value: Any
-    new_value: Any
     version: int
     source: str
     actor: str
@@ -250,17 +248,14 @@ class Batch:
         self._rows[key] = row
         if op == Op.METADATA:
             old_text, new_text = _json(current.metadata), _json(row.metadata)  # type: ignore[union-attr]
-            old_value, new_value = current.metadata, row.metadata  # type: ignore[union-attr]
         else:
             old_text = current.text if current is not None else None
             new_text = row.text if row is not None else None
-            old_value = current.value if current is not None else None
-            new_value = row.value if row is not None else None
         self.changes.append(
             Change(
                 revision=self.next_revision, op=op, key=key, old_text=old_text,
-                new_text=new_text, old_value=old_value, new_value=new_value,
-                version=(row or current).version, source=source, actor=self.actor,  # type: ignore[union-attr]
+                new_text=new_text, version=(row or current).version, source=source,  # type: ignore[union-attr]
+                actor=self.actor,
             )
         )  # fmt: skip
 
@@ -284,7 +279,7 @@ class Batch:
     # --- writing --------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Write the batch's entries and events; publish its changes for after commit."""
+        """Write the batch's entries and events; ring the doorbell for after commit."""
         touched = {change.key for change in self.changes if change.key}
         present = [row for key in touched if (row := self._rows.get(key)) is not None]
         gone = [key for key in touched if key in self._stored and self._rows.get(key) is None]
@@ -298,17 +293,8 @@ class Batch:
         _insert_events(self.changes, now=self.now)
         self._stored.difference_update(touched)
         self._stored.update(row.key for row in present)
-        timestamp = self.now.timestamp()
-        events.publish(
-            [
-                events.StateChange(
-                    op=change.op, key=change.key, old_value=change.old_value,  # type: ignore[arg-type]
-                    new_value=change.new_value, version=change.version,
-                    revision=change.revision, timestamp=timestamp, source=change.source,
-                )
-                for change in self.changes
-            ]
-        )  # fmt: skip
+        if self.changes:
+            events.publish(self.changes[-1].revision)
 
 
 def _json(value: Any) -> str:

@@ -89,7 +89,6 @@ def test_the_rate_limiter_reuses_its_redis_connections(pair, tokens, shared_redi
     if not shared_redis:
         pytest.skip("The rate limits count in Redis on the PostgreSQL + Redis run only.")
     import redis
-
     from django.conf import settings
 
     client = redis.Redis.from_url(settings.REDIS_URL)

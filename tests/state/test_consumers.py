@@ -460,7 +460,7 @@ def _record_restore(snapshot_id: int) -> int:
             revision=revision, key="", op="restore", old_value=None,
             new_value={"snapshot_id": snapshot_id, "key_count": 0}, version=0, timestamp=tx.now,
         )  # fmt: skip
-        events.publish(events.StateReset(snapshot_id=snapshot_id, revision=revision))
+        events.publish(revision)
     return revision
 
 

@@ -329,6 +329,9 @@ for _scope, _rate in STATE_RATE_LIMITS.items():
             f"STATE_RATE_LIMIT_{_scope.upper()} must look like 100/s, 6000/min, 1000/h or 0 (off),"
             f" not {_rate!r}."
         )
+# How often each process adds its rate-limit counts to Redis (and learns the other processes'):
+# the most another process's requests are late in this one's counts.
+STATE_RATE_LIMIT_SYNC_SECS = env.float("STATE_RATE_LIMIT_SYNC_SECS", default=0.05)
 # The cache rate limits count in: shared by every process through Redis when REDIS_URL is set.
 CACHES = {
     "default": (

@@ -76,14 +76,19 @@ def keys_condition(keys: list[str]) -> tuple[str, list]:
     return f'"key" IN ({", ".join(["%s"] * len(keys))})', keys
 
 
-def entry_rows(*, keys: list[str]) -> list[tuple]:
-    """Return the stored rows of `keys` (any order), columns as ENTRY_COLUMNS, JSON as text."""
+def entry_rows_query(keys: list[str]) -> tuple[str, list]:
+    """The SELECT of `entry_rows`, and its parameters (the write path pipelines it)."""
     postgres = connection.vendor == "postgresql"
     cast = "::text" if postgres else ""
     columns = ", ".join(f'"{c}"{cast}' if c in _TEXT_COLUMNS else f'"{c}"' for c in ENTRY_COLUMNS)
     where, params = keys_condition(keys)
+    return f"SELECT {columns} FROM {StateEntry._meta.db_table} WHERE {where}", params
+
+
+def entry_rows(*, keys: list[str]) -> list[tuple]:
+    """Return the stored rows of `keys` (any order), columns as ENTRY_COLUMNS, JSON as text."""
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {columns} FROM {StateEntry._meta.db_table} WHERE {where}", params)
+        cursor.execute(*entry_rows_query(keys))
         return cursor.fetchall()
 
 

@@ -47,17 +47,37 @@ _EVENTS = StateEvent._meta.db_table
 _REVISION = "state_storerevision"
 
 
+_BUMP = f"UPDATE {_REVISION} SET revision = revision + %s WHERE id = 1 RETURNING revision"
+
+
 def _bump_revision(by: int = 1) -> int:
     """Move the store revision on by `by`; the row lock it takes is held until commit."""
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {_REVISION} SET revision = revision + %s WHERE id = 1 RETURNING revision",
-            [by],
-        )
-        row = cursor.fetchone()
+        cursor.execute(_BUMP, [by])
+        return _revision_of(cursor)
+
+
+def _revision_of(cursor) -> int:
+    row = cursor.fetchone()
     if row is None:
         raise StateError("The store revision row is missing; run migrations.")
     return row[0]
+
+
+@contextmanager
+def _pipelined(enabled: bool = True) -> Iterator[None]:
+    """Send the statements run inside together (PostgreSQL's pipeline mode), not one by one.
+
+    Every round trip made while the store lock is held is time every other writer, in every
+    process, waits; in a busy server each one also waits for the GIL on its way back. Results
+    arrive when fetched, or all at the end. (COPY cannot run in a pipeline.)
+    """
+    if not enabled or connection.vendor != "postgresql":
+        yield
+        return
+    connection.ensure_connection()
+    with connection.connection.pipeline():
+        yield
 
 
 @contextmanager
@@ -175,13 +195,17 @@ class Batch:
     def load(self, keys: Iterator[str] | list[str] | set[str]) -> None:
         """Read every entry among `keys` not read yet, with one query a thousand keys."""
         wanted = list(dict.fromkeys(k for k in keys if k not in self._rows))
-        for start in range(0, len(wanted), _ROWS_PER_STATEMENT):
-            chunk = wanted[start : start + _ROWS_PER_STATEMENT]
-            for key in chunk:
-                self._rows[key] = None
-            for row in _select_rows(chunk):
-                self._rows[row.key] = row
-                self._stored.add(row.key)
+        if wanted:
+            with _pipelined():
+                self.loaded(wanted, _rows_of(_send_reads(wanted)))
+
+    def loaded(self, keys: list[str], rows: list[Row]) -> None:
+        """Hold `rows`, read for `keys` (a key without a row has no entry)."""
+        for key in keys:
+            self._rows[key] = None
+        for row in rows:
+            self._rows[row.key] = row
+            self._stored.add(row.key)
 
     def live(self, key: str) -> Row | None:
         """Return the entry at `key` as of this point of the batch; expire it if its TTL passed."""
@@ -279,18 +303,27 @@ class Batch:
     # --- writing --------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Write the batch's entries and events; ring the doorbell for after commit."""
+        """Write the batch's entries and events and settle the revision on its last change;
+        ring the doorbell for after commit. (The first revision was taken already.)"""
         touched = {change.key for change in self.changes if change.key}
         present = [row for key in touched if (row := self._rows.get(key)) is not None]
         gone = [key for key in touched if key in self._stored and self._rows.get(key) is None]
-        if _copy(len(present)):
-            # COPY cannot update: replace the stored rows (PostgreSQL writes a new row
-            # version for an UPDATE anyway).
-            _delete_rows(gone + [row.key for row in present if row.key in self._stored])
-        else:
-            _delete_rows(gone)
-        _write_rows(present)
-        _insert_events(self.changes, now=self.now)
+        copy = _copy(len(present)) or _copy(len(self.changes))
+        with _pipelined(not copy):
+            if _copy(len(present)):
+                # COPY cannot update: replace the stored rows (PostgreSQL writes a new row
+                # version for an UPDATE anyway).
+                _delete_rows(gone + [row.key for row in present if row.key in self._stored])
+            else:
+                _delete_rows(gone)
+            _write_rows(present)
+            _insert_events(self.changes, now=self.now)
+            if len(self.changes) > 1:
+                with connection.cursor() as cursor:
+                    cursor.execute(
+                        f"UPDATE {_REVISION} SET revision = %s WHERE id = 1",
+                        [self.changes[-1].revision],
+                    )
         self._stored.difference_update(touched)
         self._stored.update(row.key for row in present)
         if self.changes:
@@ -325,17 +358,40 @@ def _postgres() -> bool:
     return connection.vendor == "postgresql"
 
 
-def _select_rows(keys: list[str]) -> list[Row]:
+def _send_reads(keys: list[str]) -> list:
+    """Start reading the entries of `keys`, one query a thousand keys; `_rows_of` collects."""
+    cursors = []
+    for chunk in _chunks(keys):
+        cursor = connection.cursor()
+        cursor.execute(*selectors.entry_rows_query(chunk))
+        cursors.append(cursor)
+    return cursors
+
+
+def _rows_of(cursors: list) -> list[Row]:
     read = selectors.read_datetime
-    return [
-        Row(
-            key=key, text=text, metadata=json.loads(metadata), version=version,
-            revision=revision, created_at=read(created), updated_at=read(updated),
-            expires_at=read(expires), source=source, size=size,
-        )  # type: ignore[arg-type]
-        for key, text, metadata, version, revision, created, updated, expires, source, size
-        in selectors.entry_rows(keys=keys)
-    ]  # fmt: skip
+    rows = []
+    for cursor in cursors:
+        with cursor:
+            rows.extend(
+                Row(
+                    key=key, text=text, metadata=json.loads(metadata), version=version,
+                    revision=revision, created_at=read(created), updated_at=read(updated),
+                    expires_at=read(expires), source=source, size=size,
+                )  # type: ignore[arg-type]
+                for key, text, metadata, version, revision, created, updated, expires, source,
+                size in cursor.fetchall()
+            )  # fmt: skip
+    return rows
+
+
+def _lock_and_read(keys: list[str]) -> tuple[int, list[Row]]:
+    """Take the store lock (the revision moves on by one) and read `keys`' entries under it:
+    one round trip on PostgreSQL, since the reads may not start before the lock anyway."""
+    with _pipelined(), connection.cursor() as bump:
+        bump.execute(_BUMP, [1])
+        reads = _send_reads(keys)
+        return _revision_of(bump), _rows_of(reads)
 
 
 def _chunks(items: list, size: int = _ROWS_PER_STATEMENT) -> Iterator[list]:
@@ -439,10 +495,11 @@ class Member:
 
 def _run(members: list[Member]) -> None:
     """Apply `members` in order in one store transaction and commit; record each outcome."""
+    keys = list(dict.fromkeys(key for member in members for key in member.keys))
     with _store_lock(), transaction.atomic():
-        first = _bump_revision()
+        first, rows = _lock_and_read(keys)
         batch = Batch(first_revision=first, now=timezone.now())
-        batch.load(key for member in members for key in member.keys)
+        batch.loaded(keys, rows)
         for member in members:
             batch.actor = member.actor
             try:
@@ -454,8 +511,6 @@ def _run(members: list[Member]) -> None:
             transaction.set_rollback(True)  # nothing changed: the revision goes back
             return
         batch.flush()
-        if len(batch.changes) > 1:
-            _bump_revision(len(batch.changes) - 1)
 
 
 class GroupCommit:

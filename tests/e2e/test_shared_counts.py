@@ -21,7 +21,8 @@ def pair(e2e_env, tokens, shared_redis, tmp_path) -> Iterator[list[Server]]:
     # Not across an hour boundary: the read window below is an hour.
     while time.time() % 3600 > 3600 - 20:
         time.sleep(1)
-    env = {**e2e_env, "STATE_RATE_LIMIT_READ": "4/h", "STATE_HOT_KEYS_FLUSH_SECS": "0.2"}
+    env = {**e2e_env, "STATE_RATE_LIMIT_READ": "4/h", "STATE_RATE_LIMIT_SYNC_SECS": "0.05",
+           "STATE_HOT_KEYS_FLUSH_SECS": "0.2"}  # fmt: skip
     started: list[tuple[subprocess.Popen, Server]] = []
     try:
         for _ in range(2):
@@ -53,6 +54,7 @@ def test_the_read_limit_counts_a_users_requests_on_every_process(pair, tokens, s
     token = tokens["e2e-staff"]
     for server in (a, a, b, b):
         assert server.request("GET", "/api/v1/state/limits:absent", token)[0] == 404
+        time.sleep(0.3)  # a few sync intervals: each process has told Redis, and heard back
     status, body = b.request("GET", "/api/v1/state/limits:absent", token)
     if shared_redis:
         # The fifth read of the hour, wherever it lands.

@@ -10,7 +10,8 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from state import services
-from state.api.throttling import parse_rate
+from state.api import throttling
+from state.api.throttling import SharedCounts, parse_rate
 
 URL = "/api/v1/state"
 
@@ -129,3 +130,38 @@ def test_zero_or_empty_turns_a_class_off():
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "['bulk']"
+
+
+
+def test_a_redis_window_counter_expires_with_its_window(limits, staff_client):
+    # Without its expiry a counter would stay in Redis forever (one a user, class and window).
+    if not django_settings.REDIS_URL:
+        pytest.skip("The counters are in Redis on the PostgreSQL + Redis run only.")
+    import redis
+
+    client = redis.Redis.from_url(django_settings.REDIS_URL)
+    staff_client.get(f"{URL}/absent")
+    staff_client.get(f"{URL}/absent")
+    throttling.shared_counts.sync()  # what the background thread does every 50 ms
+    [key] = client.keys("*ratelimit:read:*")
+    assert int(client.get(key)) == 2
+    assert 0 < client.ttl(key) <= 61  # the window (3/m) and a second
+
+
+def test_processes_share_counts_through_redis_one_sync_late(limits, settings):
+    # Two SharedCounts are two server processes: each counts its own requests exactly at
+    # once, and the other's once both have synced with Redis.
+    if not django_settings.REDIS_URL:
+        pytest.skip("The counters are in Redis on the PostgreSQL + Redis run only.")
+    settings.STATE_RATE_LIMIT_SYNC_SECS = 3600  # the syncs below are the only ones
+    a, b = SharedCounts(), SharedCounts()
+    assert [a.add("ratelimit:t:1:0", 61) for _ in range(3)] == [1, 2, 3]
+    assert b.add("ratelimit:t:1:0", 61) == 1  # a has not told Redis yet
+    a.sync()
+    b.sync()
+    assert b.add("ratelimit:t:1:0", 61) == 5  # Redis had 4: three of a's, one of b's
+    assert a.add("ratelimit:t:1:0", 61) == 4  # b's second is not in Redis yet
+    b.sync()
+    a.sync()
+    assert a.add("ratelimit:t:1:0", 61) == 7  # all six in Redis, and this one
+    assert b.add("ratelimit:t:2:0", 61) == 1  # another counter (user) counts apart

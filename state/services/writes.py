@@ -76,7 +76,9 @@ def _pipelined(enabled: bool = True) -> Iterator[None]:
         yield
         return
     connection.ensure_connection()
-    with connection.connection.pipeline():
+    # The errors of pipelined statements are raised when the pipeline syncs, outside Django's
+    # cursor: wrapped here, so they arrive as Django's (a lost database is OperationalError).
+    with connection.wrap_database_errors, connection.connection.pipeline():
         yield
 
 

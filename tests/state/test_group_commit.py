@@ -352,3 +352,21 @@ def test_a_group_whose_transaction_fails_runs_each_member_alone():
         bad.outcome()
     assert selectors.entry_get(key="b") is None
     assert selectors.store_revision() == 2
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_a_pipelined_statement_fails_as_djangos_error_and_leaves_no_trace():
+    # PostgreSQL raises a pipelined statement's error when the pipeline syncs, outside
+    # Django's cursor: unwrapped, a lost database would not be OperationalError (503), and
+    # group commit would not know to stop retrying.
+    if connection.vendor != "postgresql":
+        pytest.skip("Pipeline mode is PostgreSQL's.")
+    from django.db import DataError, transaction
+
+    with pytest.raises(DataError), transaction.atomic():
+        with writes._pipelined(), connection.cursor() as cursor:
+            cursor.execute(writes._BUMP, [1])
+            cursor.execute("SELECT 1 / 0")
+    assert selectors.store_revision() == 0
+    services.state_set(key="a", value=1)  # the connection is usable again
+    assert selectors.store_revision() == 1

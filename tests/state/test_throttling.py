@@ -132,7 +132,6 @@ def test_zero_or_empty_turns_a_class_off():
     assert result.stdout.strip().splitlines()[-1] == "['bulk']"
 
 
-
 def test_a_redis_window_counter_expires_with_its_window(limits, staff_client):
     # Without its expiry a counter would stay in Redis forever (one a user, class and window).
     if not django_settings.REDIS_URL:

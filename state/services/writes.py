@@ -69,8 +69,9 @@ def _pipelined(enabled: bool = True) -> Iterator[None]:
     """Send the statements run inside together (PostgreSQL's pipeline mode), not one by one.
 
     Every round trip made while the store lock is held is time every other writer, in every
-    process, waits; in a busy server each one also waits for the GIL on its way back. Results
-    arrive when fetched, or all at the end. (COPY cannot run in a pipeline.)
+    process, waits. A write's BEGIN, lock and read go in one round trip, its writes in one
+    more, then COMMIT. Results arrive when fetched, or all at the end. (COPY cannot run in a
+    pipeline, so a batch written with COPY sends its statements one by one.)
     """
     if not enabled or connection.vendor != "postgresql":
         yield

@@ -400,12 +400,20 @@ def state_bulk(
         for index, operation in enumerate(operations)
     ]
 
+    def apply_one(batch: Batch, operation: Operation) -> int:
+        if atomic:
+            # All-or-nothing already: the group commit undoes this member's every change on
+            # a failure, so no savepoint per operation (its enter and exit were 6% of a
+            # 1,000-op bulk's CPU samples, py-spy --gil).
+            return _version_after(operation, operation.apply(batch))
+        with batch.savepoint():
+            return _version_after(operation, operation.apply(batch))
+
     def apply(batch: Batch) -> list[BulkResult]:
         results = []
         for index, operation in enumerate(cleaned):
             try:
-                with batch.savepoint():
-                    version = _version_after(operation, operation.apply(batch))
+                version = apply_one(batch, operation)
             except StateError as exc:
                 if atomic:
                     exc.details["index"] = index

@@ -39,8 +39,8 @@ def parse_rate(rate: str) -> tuple[int, int]:
 def _backend() -> BaseCache:
     """The default cache, one backend for the process. Not `caches["default"]`: Django keeps
     that one per request context under ASGI, so every request built a new Redis client with a
-    new connection pool and opened (and dropped) a TCP connection of its own (measured: 100
-    GETs, 102 connections in Redis's total_connections_received)."""
+    new connection pool and opened (and dropped) a TCP connection of its own
+    (tests/e2e/test_shared_counts.py counts them)."""
     return caches.create_connection("default")
 
 
@@ -56,11 +56,10 @@ return count
 class SharedCounts:
     """Window counters counted in this process and added to Redis in the background.
 
-    A request never waits for Redis: measured with bench/run.py --rate-limiter, a synchronous
-    count a request (one script call, one round trip) left 0.82x of our GET's throughput,
-    though the call takes 62 us of CPU (in-process, time.process_time). Instead a count is
-    what Redis last returned for
-    the counter plus this process's increments since, and a thread adds those increments
+    A request never waits for Redis: with a synchronous count a request (one script call, one
+    round trip), bench/run.py --rate-limiter measured 0.82x of our GET's throughput without
+    the limiter. Instead a count is what Redis last returned for the counter plus this
+    process's increments since, and a thread adds those increments
     every STATE_RATE_LIMIT_SYNC_SECS (one pipelined round trip for every counter). Within one
     process the count is exact; another process's requests show up here one sync (and a
     round trip) late, so across N processes a user gets at most the limit plus what the

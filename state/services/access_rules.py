@@ -80,20 +80,21 @@ def access_rule_create(
     return rule
 
 
+def _locked_rule(rule_id: int) -> AccessRule:
+    """The rule `rule_id`, locked until the transaction ends; NotFound if there is none."""
+    rule = AccessRule.objects.select_for_update().select_related("group").filter(pk=rule_id).first()
+    if rule is None:
+        raise NotFound(f"Access rule {rule_id} does not exist.", rule_id=rule_id)
+    return rule
+
+
 def access_rule_update(
     *, rule_id: int, group: Group, prefix: str, access: str, actor: AbstractBaseUser
 ) -> AccessRule:
     """Change a rule's group, prefix or access; record who changed what from what."""
     group, prefix, access = _clean(group=group, prefix=prefix, access=access)
     with transaction.atomic():
-        rule = (
-            AccessRule.objects.select_for_update()
-            .select_related("group")
-            .filter(pk=rule_id)
-            .first()
-        )
-        if rule is None:
-            raise NotFound(f"Access rule {rule_id} does not exist.", rule_id=rule_id)
+        rule = _locked_rule(rule_id)
         before = {"group": rule.group.name, "prefix": rule.prefix, "access": rule.access}
         rule.group, rule.prefix, rule.access = group, prefix, access
         after = {"group": group.name, "prefix": prefix, "access": access}
@@ -112,14 +113,7 @@ def access_rule_update(
 def access_rule_delete(*, rule_id: int, actor: AbstractBaseUser) -> None:
     """Revoke a rule; record who revoked what."""
     with transaction.atomic():
-        rule = (
-            AccessRule.objects.select_for_update()
-            .select_related("group")
-            .filter(pk=rule_id)
-            .first()
-        )
-        if rule is None:
-            raise NotFound(f"Access rule {rule_id} does not exist.", rule_id=rule_id)
+        rule = _locked_rule(rule_id)
         # Logged before the row goes: LogEntry keeps the id and description afterwards.
         _audit(actor=actor, rule=rule, flag=DELETION, message=f"Deleted: {_describe(rule)}.")
         rule.delete()

@@ -403,8 +403,8 @@ def state_bulk(
     def apply_one(batch: Batch, operation: Operation) -> int:
         if atomic:
             # All-or-nothing already: the group commit undoes this member's every change on
-            # a failure, so no savepoint per operation (its enter and exit were 6% of a
-            # 1,000-op bulk's CPU samples, py-spy --gil).
+            # a failure, so no savepoint per operation (its context manager showed up in
+            # py-spy's samples of a 1,000-op bulk).
             return _version_after(operation, operation.apply(batch))
         with batch.savepoint():
             return _version_after(operation, operation.apply(batch))

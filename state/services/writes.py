@@ -420,8 +420,8 @@ def _insert(table: str, columns: tuple[str, ...], rows: list[list[Any]], upsert:
             sql = f"COPY {table} ({names}) FROM STDIN"
             started = time.monotonic()
             with cursor.cursor.copy(sql) as copy:
-                # Named types spare psycopg choosing a dumper for every value (a tenth to a
-                # fifth of COPY's CPU, timed in-process); JSON goes as text either way.
+                # Named types spare psycopg choosing a dumper for every value (psycopg's advice
+                # for fast COPY); JSON goes as text either way.
                 copy.set_types([_COPY_TYPES.get(c, "text") for c in columns])
                 for row in rows:
                     copy.write_row(row)

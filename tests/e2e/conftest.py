@@ -9,11 +9,13 @@ import http.client
 import json
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -168,30 +170,50 @@ def _wait_ready(process: subprocess.Popen, port: int, log: Path, timeout: float 
     raise RuntimeError(f"daphne on port {port} did not become ready")
 
 
-@pytest.fixture(scope="session")
-def servers(e2e_env, tokens, shared_redis, tmp_path_factory) -> Iterator[list[Server]]:
-    """Two daphne processes sharing PostgreSQL and Redis, or one on the embedded default.
+def start_serve(env: dict[str, str], port: int, log: Path) -> tuple[subprocess.Popen, str]:
+    """Start `manage.py serve` on `port`; return the process and the token its banner prints."""
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "serve", "--port", str(port)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log.open("w"), text=True,
+    )  # fmt: skip
+    banner = "".join(process.stdout.readline() for _ in range(3))
+    token = re.search(r"token:\s+(\w+)", banner).group(1)
+    _wait_ready(process, port, log, timeout=60)
+    return process, token
 
-    Each runs the command line `manage.py serve` runs.
-    """
+
+@contextmanager
+def daphne_servers(
+    env: dict[str, str], count: int, log_dir: Path
+) -> Iterator[list[tuple[subprocess.Popen, Server]]]:
+    """Start `count` daphne processes as `manage.py serve` runs them; stop them at the end."""
     started: list[tuple[subprocess.Popen, Server]] = []
     try:
-        for _ in range(2 if shared_redis else 1):
+        for _ in range(count):
             port = _free_port({server.port for _, server in started})
-            log = tmp_path_factory.mktemp("daphne") / f"{port}.log"
+            log = log_dir / f"daphne-{port}.log"
             process = subprocess.Popen(
                 daphne_command(host="127.0.0.1", port=port),
-                cwd=ROOT, env=e2e_env, stdout=subprocess.DEVNULL, stderr=log.open("w"),
+                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"),
             )  # fmt: skip
             started.append((process, Server(port=port, pid=process.pid)))
             _wait_ready(process, port, log)
-        yield [server for _, server in started]
+        yield started
     finally:
         for process, _ in started:
-            process.terminate()
+            if process.poll() is None:
+                process.terminate()
         for process, _ in started:
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@pytest.fixture(scope="session")
+def servers(e2e_env, tokens, shared_redis, tmp_path_factory) -> Iterator[list[Server]]:
+    """Two daphne processes sharing PostgreSQL and Redis, or one on the embedded default."""
+    count = 2 if shared_redis else 1
+    with daphne_servers(e2e_env, count, tmp_path_factory.mktemp("daphne")) as started:
+        yield [server for _, server in started]

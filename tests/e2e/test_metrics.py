@@ -4,7 +4,6 @@ import http.client
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
 
-from .conftest import ROOT, Server, _free_port, _manage, _wait_ready
+from .conftest import Server, _manage, daphne_servers
 
 pytestmark = pytest.mark.e2e
 
@@ -48,29 +47,8 @@ def metrics_env(e2e_env, tmp_path) -> dict[str, str]:
 
 @pytest.fixture
 def two_servers(metrics_env, tokens, tmp_path) -> Iterator[list[tuple[subprocess.Popen, Server]]]:
-    started: list[tuple[subprocess.Popen, Server]] = []
-    try:
-        for _ in range(2):
-            port = _free_port({server.port for _, server in started})
-            log = tmp_path / f"daphne-{port}.log"
-            process = subprocess.Popen(
-                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-                 "config.asgi:application"],
-                cwd=ROOT, env=metrics_env, stdout=subprocess.DEVNULL, stderr=log.open("w"),
-            )  # fmt: skip
-            started.append((process, Server(port=port, pid=process.pid)))
-            _wait_ready(process, port, log)
+    with daphne_servers(metrics_env, 2, tmp_path) as started:
         yield started
-    finally:
-        for process, _ in started:
-            if process.poll() is None:
-                process.terminate()
-        for process, _ in started:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 def test_a_scrape_of_either_process_sums_both_and_the_worker(two_servers, tokens, metrics_env):

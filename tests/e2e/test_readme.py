@@ -19,7 +19,6 @@ example):
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, _wait_ready
+from .conftest import ROOT, _free_port, start_serve
 
 pytestmark = pytest.mark.e2e
 
@@ -50,13 +49,6 @@ curl() {
 """
 
 
-def _ephemeral_port() -> int:
-    """A port the OS picks: the shared 18300-18399 range races with other runs on this host."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def sh_blocks(text: str) -> list[str]:
     return [body for tag, body in FENCE.findall(text) if tag == "sh"]
 
@@ -73,16 +65,9 @@ def readme_server(tmp_path_factory):
         PYTHONPATH=str(ROOT),
         LOG_LEVEL="WARNING",
     )
-    port = _ephemeral_port()
-    log = work / "serve.log"
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "serve", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log.open("w"), text=True,
-    )  # fmt: skip
+    port = _free_port(set())
+    process, token = start_serve(env, port, work / "serve.log")
     try:
-        banner = "".join(process.stdout.readline() for _ in range(3))
-        token = re.search(r"token:\s+(\w+)", banner).group(1)
-        _wait_ready(process, port, log, timeout=60)
         yield f"127.0.0.1:{port}", token, env, work
     finally:
         if process.poll() is None:

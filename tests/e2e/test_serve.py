@@ -4,8 +4,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -13,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, _free_port, _wait_ready
+from .conftest import _free_port, start_serve
 
 
 def call(port: int, method: str, path: str, token: str, body=None) -> tuple[int, dict]:
@@ -45,15 +43,8 @@ def served(tmp_path):
         PYTHONUNBUFFERED="1",
     )
     port = _free_port(set())
-    log = tmp_path / "serve.log"
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "serve", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log.open("w"), text=True,
-    )  # fmt: skip
+    process, token = start_serve(env, port, tmp_path / "serve.log")
     try:
-        banner = "".join(process.stdout.readline() for _ in range(3))
-        token = re.search(r"token:\s+(\w+)", banner).group(1)
-        _wait_ready(process, port, log, timeout=60)
         yield port, token, process, tmp_path
     finally:
         if process.poll() is None:

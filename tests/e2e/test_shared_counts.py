@@ -1,15 +1,13 @@
 """Rate limits and hot keys across two real server processes: shared through Redis when
 REDIS_URL is set (the PostgreSQL run), per process on the embedded default."""
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
 import pytest
 from django.core.cache import cache
 
-from .conftest import ROOT, Server, _free_port, _wait_ready
+from .conftest import Server, daphne_servers
 
 pytestmark = pytest.mark.e2e
 
@@ -23,28 +21,10 @@ def pair(e2e_env, tokens, shared_redis, tmp_path) -> Iterator[list[Server]]:
         time.sleep(1)
     env = {**e2e_env, "STATE_RATE_LIMIT_READ": "4/h", "STATE_RATE_LIMIT_SYNC_SECS": "0.05",
            "STATE_HOT_KEYS_FLUSH_SECS": "0.2"}  # fmt: skip
-    started: list[tuple[subprocess.Popen, Server]] = []
     try:
-        for _ in range(2):
-            port = _free_port({server.port for _, server in started})
-            log = tmp_path / f"daphne-{port}.log"
-            process = subprocess.Popen(
-                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-                 "config.asgi:application"],
-                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"),
-            )  # fmt: skip
-            started.append((process, Server(port=port, pid=process.pid)))
-            _wait_ready(process, port, log)
-        yield [server for _, server in started]
+        with daphne_servers(env, 2, tmp_path) as started:
+            yield [server for _, server in started]
     finally:
-        for process, _ in started:
-            process.terminate()
-        for process, _ in started:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
         if shared_redis:
             cache.clear()
 

@@ -96,7 +96,10 @@ def worker_job_claim(*, name: str, owner: str, interval_secs: float, lease_secs:
                 Q(last_started_at__isnull=True)
                 | Q(last_started_at__lte=now - timedelta(seconds=interval_secs))
             )
-            .filter(Q(lease_until__isnull=True) | Q(lease_until__lte=now))
+            # A lease `owner` holds itself is left over: a worker runs its jobs one at a time,
+            # so asking means it is not running this one (its finish failed, say, in a
+            # database outage); waiting the lease out would stall the job that long.
+            .filter(Q(lease_until__isnull=True) | Q(lease_until__lte=now) | Q(lease_owner=owner))
             .update(
                 next_run_at=now + timedelta(seconds=interval_secs),
                 lease_owner=owner,

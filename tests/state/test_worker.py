@@ -172,6 +172,14 @@ def test_a_leased_job_is_not_run_by_another_worker_until_the_lease_ends(db, time
     assert services.worker_job_claim(name="job", owner="b", interval_secs=0, lease_secs=60)
 
 
+def test_a_worker_takes_back_a_lease_it_left_behind(db):
+    # Its finish never reached the database (an outage): the lease is still its own.
+    services.worker_jobs_register(names=["job"])
+    assert services.worker_job_claim(name="job", owner="a", interval_secs=0, lease_secs=60)
+    assert not services.worker_job_claim(name="job", owner="b", interval_secs=0, lease_secs=60)
+    assert services.worker_job_claim(name="job", owner="a", interval_secs=0, lease_secs=60)
+
+
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_two_workers_at_once_never_double_snapshot_or_double_expire(shared_db, settings):
     settings.STATE_EXPIRE_BATCH_SIZE = 7

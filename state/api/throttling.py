@@ -67,11 +67,15 @@ class SharedCounts:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the three maps; never held across Redis
+        # One sync at a time: a second one would replace `_sending` while the first is still
+        # on its way, and those increments would drop out of every count until Redis answered.
+        self._sync_lock = threading.Lock()
         self._pending: dict[str, tuple[int, int]] = {}  # key: (increments, timeout) unsent
         self._sending: dict[str, int] = {}  # increments on their way to Redis
         self._known: dict[str, tuple[int, float]] = {}  # key: (Redis's count, forget after)
-        self._thread: threading.Thread | None = None
+        self._generation = 0  # moved by reset: a sync in flight across it applies nothing
+        self._thread_pid = 0  # the process the background thread runs in
         self._pid = 0
 
     def add(self, key: str, timeout: int) -> int:
@@ -81,17 +85,22 @@ class SharedCounts:
                 self._reset()
             pending, _ = self._pending.get(key, (0, timeout))
             self._pending[key] = (pending + 1, timeout)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="rate_limits", daemon=True)
-                self._thread.start()
+            if self._thread_pid != os.getpid():  # one thread a process, started on first use
+                self._thread_pid = os.getpid()
+                threading.Thread(target=self._run, name="rate_limits", daemon=True).start()
             known, _ = self._known.get(key, (0, 0.0))
             return known + self._sending.get(key, 0) + pending + 1
 
     def sync(self) -> None:
         """Add the pending increments to Redis and learn every counter's total from it."""
+        with self._sync_lock:
+            self._sync()
+
+    def _sync(self) -> None:
         with self._lock:
             batch, self._pending = self._pending, {}
             self._sending = {key: count for key, (count, _) in batch.items()}
+            generation = self._generation
         if not batch:
             return
         try:
@@ -103,13 +112,16 @@ class SharedCounts:
             totals = pipe.execute()
         except Exception:
             with self._lock:  # Redis is unreachable: go on counting here, send them next time
-                for key, (count, timeout) in batch.items():
-                    pending, _ = self._pending.get(key, (0, timeout))
-                    self._pending[key] = (pending + count, timeout)
-                self._sending = {}
+                if generation == self._generation:
+                    for key, (count, timeout) in batch.items():
+                        pending, _ = self._pending.get(key, (0, timeout))
+                        self._pending[key] = (pending + count, timeout)
+                    self._sending = {}
             raise
         now = time.monotonic()
         with self._lock:
+            if generation != self._generation:  # counts were reset meanwhile (new limits)
+                return
             self._sending = {}
             for (key, (_, timeout)), total in zip(batch.items(), totals, strict=True):
                 self._known[key] = (int(total), now + timeout)
@@ -122,7 +134,8 @@ class SharedCounts:
 
     def _reset(self) -> None:
         self._pending, self._sending, self._known = {}, {}, {}
-        self._thread, self._pid = None, os.getpid()
+        self._generation += 1
+        self._pid = os.getpid()
 
     def _run(self) -> None:
         while True:

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import threading
 
 import pytest
 from django.conf import settings as django_settings
@@ -164,3 +165,28 @@ def test_processes_share_counts_through_redis_one_sync_late(limits, settings):
     a.sync()
     assert a.add("ratelimit:t:1:0", 61) == 7  # all six in Redis, and this one
     assert b.add("ratelimit:t:2:0", 61) == 1  # another counter (user) counts apart
+
+
+def test_a_process_counts_exactly_while_syncs_overlap(limits, settings):
+    # A sync started while another is still on its way to Redis (the background thread and a
+    # second one, or a direct call) must not drop the first one's increments from the count:
+    # CI once let a 4th read of a 3/m limit through that way.
+    if not django_settings.REDIS_URL:
+        pytest.skip("The counters are in Redis on the PostgreSQL + Redis run only.")
+    settings.STATE_RATE_LIMIT_SYNC_SECS = 3600  # only the threads below sync
+    counts, stop = SharedCounts(), threading.Event()
+
+    def keep_syncing():
+        while not stop.is_set():
+            counts.sync()
+
+    threads = [threading.Thread(target=keep_syncing) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        seen = [counts.add("ratelimit:t:3:0", 61) for _ in range(3000)]
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert seen == list(range(1, 3001))

@@ -2,6 +2,7 @@
 
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -133,6 +134,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL = env.str("REDIS_URL", default="")
 STATE_STREAM_REDIS_LAYER = env.str("STATE_STREAM_REDIS_LAYER", default="pubsub")
 if REDIS_URL:
+    _redis_db = urlsplit(REDIS_URL).path.strip("/") or "0"
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": (
@@ -140,7 +142,9 @@ if REDIS_URL:
                 if STATE_STREAM_REDIS_LAYER == "groups"
                 else "channels_redis.pubsub.RedisPubSubChannelLayer"
             ),
-            "CONFIG": {"hosts": [REDIS_URL]},
+            # Pub/sub ignores Redis's database numbers: without a prefix naming the database,
+            # two stores on one Redis server (db 0 and db 1) rang each other's doorbells.
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": f"statehub:{_redis_db}"},
         }
     }
 else:
@@ -282,6 +286,9 @@ STATE_TRACKING_FLUSH_INTERVAL_SECS = env.float("STATE_TRACKING_FLUSH_INTERVAL_SE
 STATE_TRACKING_SHUTDOWN_TIMEOUT_SECS = env.float(
     "STATE_TRACKING_SHUTDOWN_TIMEOUT_SECS", default=5.0
 )
+# Allocations between young garbage collections in a server process (config/heap.py; Python's
+# own is 700, 2,000 from 3.13); 0 keeps Python's.
+STATE_GC_THRESHOLD = env.int("STATE_GC_THRESHOLD", default=10_000)
 # Threads per server process running Django's sync request handling (config/http.py).
 # Concurrent writes of a process commit together (group commit), so a group can be as large
 # as the number of requests in flight: enough threads for every connection a client keeps.

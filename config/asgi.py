@@ -33,3 +33,7 @@ application = ProtocolTypeRouter(
         "lifespan": lifespan,  # servers that speak it (uvicorn, granian): flush on shutdown
     }
 )
+
+from config import heap  # noqa: E402
+
+heap.tune()  # last: everything start-up imports and builds is in the frozen heap

@@ -1,0 +1,25 @@
+"""The garbage collector of a server process: the start-up heap frozen, young passes rarer.
+
+A server process holds a large heap of objects that live as long as it does (Django, every
+app's modules, the URLconf, the schema), and each full collection walked all of it. A
+1,000-operation bulk allocates tens of thousands of short-lived objects (parsed JSON, rows,
+results), which set off young collections and, every hundred or so of those, a full one:
+in-process, the collector was a quarter of a bulk's CPU (/tmp-free figures in
+bench/RESULTS.md, "Session of 2026-12-01, evening"). Nearly everything a request allocates is
+freed by reference counting; only cycles need the collector, and they are rare and small.
+"""
+
+import gc
+
+from django.conf import settings
+from django.urls import get_resolver
+
+
+def tune() -> None:
+    """Freeze what start-up built; make young collections STATE_GC_THRESHOLD apart."""
+    _ = get_resolver().url_patterns  # imports every view module first, so it is frozen too
+    gc.collect()
+    gc.freeze()
+    if settings.STATE_GC_THRESHOLD:
+        _, older, oldest = gc.get_threshold()
+        gc.set_threshold(settings.STATE_GC_THRESHOLD, older, oldest)

@@ -86,6 +86,7 @@ class Result:
     ok: int | None = None
     fail: int | None = None
     raw: str = ""
+    cpu_us: float | None = None  # the server's CPU time per request (per operation in a bulk)
 
 
 # --- database -------------------------------------------------------------------------------
@@ -250,6 +251,21 @@ class Server:
     def pids(self) -> list[int]:
         return [proc.pid for proc in self.procs]
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of every live process of this server (its sessions).
+
+        Per request, it is the figure a busy machine disturbs least: throughput moves with
+        whatever else runs on the cores, the CPU a request costs much less."""
+        sessions, ticks = set(self.pids()), 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+            if int(fields[3]) in sessions:  # the session id (each server starts its own)
+                ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
@@ -397,6 +413,8 @@ def errors_text(result: Result) -> str:
         text += f" ({result.timeouts} timeouts)"
     if result.ok is not None:
         text += f"; {result.ok} ok / {result.fail} failed"
+    if result.cpu_us is not None:
+        text = f"{result.cpu_us:.0f} us CPU/{'op' if result.name in BULK else 'req'}; " + text
     return text
 
 
@@ -467,6 +485,7 @@ def bench(
             subscribers = with_subscribers(server, token, SUBSCRIBED[name]) if (
                 name in SUBSCRIBED) else None  # fmt: skip
             try:
+                cpu = server.cpu_seconds()
                 results[name] = run_wrk(
                     name,
                     server=server,
@@ -475,6 +494,9 @@ def bench(
                     duration=args.duration,
                     timeout=args.timeout,
                 )
+                r = results[name]
+                operations = r.requests * (BULK[name][0] if name in BULK else 1)
+                r.cpu_us = 1e6 * (server.cpu_seconds() - cpu) / max(operations, 1)
             finally:
                 if subscribers is not None:
                     received, _ = subscribers.communicate("x", timeout=60)

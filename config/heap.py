@@ -7,8 +7,9 @@ JSON, rows, results), which set off young collections and, every hundred of thos
 one. Nearly everything a request allocates is freed by reference counting; only cycles need
 the collector. `bench/collector.py` (a bulk's CPU per operation in process, three rounds)
 printed 102-107 us untuned, 80-96 us frozen, 80-90 us frozen with young collections 10,000
-allocations apart; a server's bulks measured 3-24% less CPU (bench/RESULTS.md, "Session of
-2026-12-01, evening").
+allocations apart. In a server the threshold alone moved a bulk's CPU per operation 95 -> 93
+and 87 -> 84 us, within that machine's noise (bench/RESULTS.md, "Session of 2026-12-01,
+evening").
 """
 
 import gc

@@ -11,14 +11,14 @@ frozen and young collections STATE_GC_THRESHOLD apart (what a server process run
 import argparse
 import gc
 import json
-import os
 import random
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import inprocess  # noqa: E402
 
 
 def main() -> None:
@@ -28,30 +28,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    os.environ.update(DATABASE_URL=args.database_url, STATE_TRACK_REQUESTS="false")
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    os.environ.setdefault("SECRET_KEY", "bench-collector-" + "x" * 50)
-    sys.path.insert(0, str(ROOT))
-    if args.database_url.startswith("postgres"):
-        import psycopg
-
-        name = urlsplit(args.database_url).path.lstrip("/")
-        admin = args.database_url.rsplit("/", 1)[0] + "/postgres"
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            conn.execute(f"CREATE DATABASE {name}")
-    import django
-
-    django.setup()
+    inprocess.setup(args.database_url, secret_name="collector", STATE_TRACK_REQUESTS="false")
     from django.conf import settings
     from django.contrib.auth.models import User
-    from django.core.management import call_command
     from rest_framework.authtoken.models import Token
     from rest_framework.test import APIClient
 
     from config import heap
 
-    call_command("migrate", verbosity=0)
     user = User.objects.create_user("bench", is_staff=True)
     client = APIClient(SERVER_NAME="localhost")
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {Token.objects.create(user=user).key}")

@@ -8,13 +8,13 @@ transaction) until none is left, and prints keys removed per second and queries 
 """
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import inprocess  # noqa: E402
 
 
 def main() -> None:
@@ -24,29 +24,13 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=1000, help="keys a sweep (the worker's)")
     args = parser.parse_args()
 
-    os.environ["DATABASE_URL"] = args.database_url
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    os.environ.setdefault("SECRET_KEY", "bench-expiry-" + "x" * 50)
-    os.environ["STATE_BROADCAST_CHANGES"] = "false"  # no server listens here
-    sys.path.insert(0, str(ROOT))
-    if args.database_url.startswith("postgres"):
-        import psycopg
-
-        name = urlsplit(args.database_url).path.lstrip("/")
-        admin = args.database_url.rsplit("/", 1)[0] + "/postgres"
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            conn.execute(f"CREATE DATABASE {name}")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
+    # No server listens here: no doorbells.
+    inprocess.setup(args.database_url, secret_name="expiry", STATE_BROADCAST_CHANGES="false")
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
     from state import services
 
-    call_command("migrate", verbosity=0)
     value = {"pad": "x" * 160}
     for start in range(0, args.keys, 1000):
         operations = [

@@ -23,6 +23,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import inprocess  # noqa: E402
 
 
 def peak_rss_mib() -> float:
@@ -103,13 +106,7 @@ def fresh_database(url: str) -> None:
     parts = urlsplit(url)
     if not parts.scheme.startswith("postgres"):
         raise SystemExit("bench/snapshots.py measures PostgreSQL: give a postgres:// URL.")
-    import psycopg
-
-    name = parts.path.lstrip("/")
-    admin = parts._replace(path="/postgres").geturl()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
+    inprocess.fresh_postgres_database(url)
 
 
 def run_child(env: dict[str, str], *args: str) -> dict:

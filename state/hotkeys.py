@@ -104,8 +104,9 @@ def _client():
 
 
 # Adds a flush's counts to one window's sorted set, gives it its expiry and trims it to the
-# capacity, in one command: a ZINCRBY a key in a pipeline cost 18.6 ms of CPU for a flush of
-# 1,000 keys (a bulk's), this 4.9 ms (1.7 ms with hiredis), timed with time.process_time.
+# capacity, in one command: a flush after a bulk holds a thousand keys, and packing a ZINCRBY
+# command for each (in a pipeline) cost the process several times the CPU of one call with
+# all of them as arguments (bench/run.py's CPU per bulk operation shows the sum).
 _ADD_SCRIPT = """
 for i = 3, #ARGV, 2 do redis.call('ZINCRBY', KEYS[1], ARGV[i + 1], ARGV[i]) end
 redis.call('EXPIRE', KEYS[1], ARGV[1])

@@ -451,8 +451,8 @@ _COPY_TYPES = {"version": "int8", "revision": "int8", "size": "int4"}
 def _stamper() -> Callable[[datetime], str]:
     """Return a function giving a time's text as the database reads it, formatting each
     distinct time once: a batch's rows share most of theirs (its `now`, common expiries),
-    and psycopg's own timestamptz dumper (2.8 us a value, timed with time.process_time)
-    was most of a COPY row's cost."""
+    and psycopg's own timestamptz dumper, run for every value, cost more than a row's text
+    and numbers together."""
     adapt = datetime.isoformat if _postgres() else connection.ops.adapt_datetimefield_value
     texts: dict[datetime, str] = {}
 
